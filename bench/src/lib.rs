@@ -1,0 +1,1 @@
+//! Shared helpers of the tunnox benchmarks (see `benches/` and RESULTS.md).

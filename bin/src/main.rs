@@ -1,0 +1,51 @@
+//! The `tunnox` command: server, client, admin, sim, storage-server and quickstart.
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+/// tunnox: NAT traversal and port mapping with clustered nodes.
+#[derive(Debug, Parser)]
+#[command(name = "tunnox", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node that clients connect to.
+    Server,
+    /// Run a client that keeps a session to a node and serves its mappings.
+    Client,
+    /// Manage users, clients and mappings through a node's API.
+    Admin,
+    /// Run one deterministic simulation and print its summary.
+    Sim,
+    /// Serve the StorageService over the embedded store.
+    StorageServer,
+    /// Start a node, two clients and an echo target on loopback and tunnel bytes through them.
+    Quickstart,
+}
+
+impl Command {
+    /// The issue that builds this command, for commands that are not built yet.
+    fn pending_issue(&self) -> (&'static str, &'static str) {
+        match self {
+            Command::Server => ("server", "the single-node issue (#4)"),
+            Command::Client => ("client", "the single-node issue (#4)"),
+            Command::Admin => ("admin", "the management API issue (#6)"),
+            Command::Sim => ("sim", "the simulation issue (#3)"),
+            Command::StorageServer => ("storage-server", "the cluster issue (#5)"),
+            Command::Quickstart => ("quickstart", "the single-node issue (#4)"),
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (name, issue) = cli.command.pending_issue();
+    bail!(
+        "`tunnox {name}` is not built yet: it arrives with {issue}. \
+         What exists today is the sans-IO core (`cargo test --workspace` exercises it)."
+    )
+}

@@ -1,0 +1,11 @@
+//! Protobuf schemas of tunnox, compiled with prost (codegen by protox: no system `protoc`).
+//!
+//! `wire` holds the control messages carried in client<->node frames (see `tunnox_core::wire`).
+
+/// Control messages of the client<->node protocol, version 1.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/tunnox.wire.v1.rs"));
+}
+
+pub use prost::Message;
