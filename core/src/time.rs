@@ -63,8 +63,14 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Instant::from_nanos(10);
         assert_eq!(t + Duration::from_nanos(5), Instant::from_nanos(15));
-        assert_eq!(Instant::from_nanos(u64::MAX - 1) + Duration::from_secs(1), Instant::from_nanos(u64::MAX));
-        assert_eq!(Instant::from_nanos(3) - Instant::from_nanos(10), Duration::ZERO);
+        assert_eq!(
+            Instant::from_nanos(u64::MAX - 1) + Duration::from_secs(1),
+            Instant::from_nanos(u64::MAX)
+        );
+        assert_eq!(
+            Instant::from_nanos(3) - Instant::from_nanos(10),
+            Duration::ZERO
+        );
         assert_eq!(earliest(Some(t), None), Some(t));
         assert_eq!(earliest(Some(t), Some(Instant::ZERO)), Some(Instant::ZERO));
     }

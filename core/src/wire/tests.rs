@@ -1,0 +1,300 @@
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use tunnox_proto::wire as pb;
+
+use super::*;
+
+fn encode_all(frames: &[Frame]) -> BytesMut {
+    let mut out = BytesMut::new();
+    for f in frames {
+        f.encode().write_to(&mut out);
+    }
+    out
+}
+
+fn decode_all(decoder: &mut Decoder) -> Result<Vec<Frame>, WireError> {
+    let mut frames = Vec::new();
+    while let Some(f) = decoder.decode()? {
+        frames.push(f);
+    }
+    Ok(frames)
+}
+
+fn arb_stream() -> impl Strategy<Value = u32> {
+    1u32..=u32::MAX
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    let bytes = proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from);
+    prop_oneof![
+        (arb_stream(), bytes.clone()).prop_map(|(stream, payload)| Frame::Data { stream, payload }),
+        (0u32..10, 1u32..=u32::MAX)
+            .prop_map(|(stream, increment)| Frame::Window { stream, increment }),
+        arb_stream().prop_map(|stream| Frame::Fin { stream }),
+        (arb_stream(), any::<u32>()).prop_map(|(stream, c)| Frame::Rst {
+            stream,
+            reason: ResetReason::from_code(c)
+        }),
+        any::<u32>().prop_map(|nonce| Frame::Ping { nonce }),
+        any::<u32>().prop_map(|nonce| Frame::Pong { nonce }),
+        any::<u32>().prop_map(|c| Frame::GoAway {
+            reason: GoAwayReason::from_code(c)
+        }),
+        (arb_stream(), bytes.clone()).prop_map(|(stream, payload)| Frame::Open { stream, payload }),
+        (arb_stream(), any::<bool>(), bytes.clone()).prop_map(|(stream, refused, payload)| {
+            Frame::OpenResult {
+                stream,
+                refused,
+                payload,
+            }
+        }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..32)).prop_map(|(id, nonce)| {
+            Frame::Hello(pb::Hello {
+                protocol_version: 1,
+                identity: Some(pb::hello::Identity::ClientId(id)),
+                client_nonce: nonce.into(),
+                mux: Some(pb::MuxSettings {
+                    stream_window_bytes: 262_144,
+                    session_window_bytes: 1 << 24,
+                    max_frame_payload_bytes: 65_536,
+                    max_streams: 1024,
+                }),
+                capabilities: vec!["udp".into()],
+                client_version: "0.1.0".into(),
+            })
+        }),
+        proptest::collection::vec(any::<u8>(), 0..32).prop_map(|n| Frame::Challenge(
+            pb::Challenge {
+                node_nonce: n.into()
+            }
+        )),
+        proptest::collection::vec(any::<u8>(), 32)
+            .prop_map(|m| Frame::Proof(pb::Proof { mac: m.into() })),
+        (any::<u64>(), ".{0,20}").prop_map(|(sid, node)| Frame::Welcome(pb::Welcome {
+            session_id: sid,
+            node_id: node,
+            client_id: 7,
+            heartbeat_interval_ms: 10_000,
+            mux: None,
+            config_version: 3,
+            credentials: None,
+            node_proof: Bytes::new(),
+        })),
+        (0i32..9, ".{0,20}").prop_map(|(r, msg)| Frame::Refused(pb::Refused {
+            reason: r,
+            message: msg,
+            retry_after_ms: 0,
+        })),
+        any::<u64>().prop_map(|v| Frame::ConfigPush(pb::ConfigPush {
+            version: v,
+            mappings: vec![pb::MappingConfig {
+                mapping_id: "m-abc".into(),
+                listen_side: true,
+                listen_addr: "127.0.0.1:1".into(),
+                ..Default::default()
+            }],
+        })),
+        any::<u64>().prop_map(|v| Frame::ConfigAck(pb::ConfigAck { version: v })),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn frames_round_trip(frames in proptest::collection::vec(arb_frame(), 1..20)) {
+        let bytes = encode_all(&frames);
+        let mut decoder = Decoder::default();
+        decoder.push(&bytes);
+        prop_assert_eq!(decode_all(&mut decoder).unwrap(), frames);
+        prop_assert_eq!(decoder.buffered_len(), 0);
+    }
+
+    #[test]
+    fn chunking_never_changes_the_result(
+        frames in proptest::collection::vec(arb_frame(), 1..20),
+        cuts in proptest::collection::vec(1usize..64, 1..200),
+    ) {
+        let bytes = encode_all(&frames);
+        let mut decoder = Decoder::default();
+        let mut decoded = Vec::new();
+        let mut at = 0;
+        let mut cut = cuts.iter().cycle();
+        while at < bytes.len() {
+            let n = (*cut.next().unwrap()).min(bytes.len() - at);
+            decoder.push(&bytes[at..at + n]);
+            at += n;
+            decoded.extend(decode_all(&mut decoder).unwrap());
+        }
+        prop_assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_stay_bounded(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        let mut decoder = Decoder::new(512);
+        decoder.push(&data);
+        loop {
+            match decoder.decode() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    prop_assert_eq!(decoder.decode(), Err(WireError::Poisoned));
+                    break;
+                }
+            }
+            prop_assert!(decoder.buffered_len() <= data.len());
+        }
+    }
+}
+
+fn header(version: u8, frame_type: u8, flags: u16, stream: u32, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = version;
+    h[1] = frame_type;
+    h[2..4].copy_from_slice(&flags.to_be_bytes());
+    h[4..8].copy_from_slice(&stream.to_be_bytes());
+    h[8..12].copy_from_slice(&len.to_be_bytes());
+    h
+}
+
+fn decode_one(bytes: &[u8], max: u32) -> Result<Option<Frame>, WireError> {
+    let mut d = Decoder::new(max);
+    d.push(bytes);
+    d.decode()
+}
+
+#[test]
+fn header_layout_is_as_documented() {
+    let t = Frame::Data {
+        stream: 0x0102_0304,
+        payload: Bytes::from_static(b"hi"),
+    }
+    .encode();
+    assert_eq!(t.header, [1, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 2]);
+    let t = Frame::Window {
+        stream: 0,
+        increment: 0x10000,
+    }
+    .encode();
+    assert_eq!(t.header, [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]);
+    assert!(t.payload.is_empty());
+    let t = Frame::OpenResult {
+        stream: 5,
+        refused: true,
+        payload: Bytes::new(),
+    }
+    .encode();
+    assert_eq!(&t.header[..4], &[1, 8, 0, 1]);
+}
+
+#[test]
+fn malformed_headers_get_typed_errors() {
+    let cases: Vec<([u8; HEADER_LEN], WireError)> = vec![
+        (header(2, 0, 0, 1, 0), WireError::UnsupportedVersion(2)),
+        (header(1, 0x7f, 0, 1, 0), WireError::UnknownFrameType(0x7f)),
+        (
+            header(1, 0, 0x8000, 1, 0),
+            WireError::UnknownFlags {
+                frame_type: FrameType::Data,
+                flags: 0x8000,
+            },
+        ),
+        (
+            header(1, 0, 0, 0, 0),
+            WireError::StreamIdZero(FrameType::Data),
+        ),
+        (
+            header(1, 0x07, 0, 0, 0),
+            WireError::StreamIdZero(FrameType::Open),
+        ),
+        (
+            header(1, 0x04, 0, 9, 0),
+            WireError::UnexpectedStreamId {
+                frame_type: FrameType::Ping,
+                stream_id: 9,
+            },
+        ),
+        (
+            header(1, 0x10, 0, 3, 0),
+            WireError::UnexpectedStreamId {
+                frame_type: FrameType::Hello,
+                stream_id: 3,
+            },
+        ),
+        (header(1, 0x01, 0, 1, 0), WireError::ZeroWindowIncrement),
+        (
+            header(1, 0, 0, 1, 1025),
+            WireError::FrameTooLarge {
+                length: 1025,
+                max: 1024,
+            },
+        ),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(decode_one(&bytes, 1024), Err(expected), "{bytes:?}");
+    }
+}
+
+#[test]
+fn oversized_length_is_rejected_before_the_payload_arrives() {
+    let mut d = Decoder::new(1024);
+    d.push(&header(1, 0, 0, 1, u32::MAX));
+    assert!(matches!(d.decode(), Err(WireError::FrameTooLarge { .. })));
+    // Nothing was reserved for the announced 4 GiB.
+    assert!(d.buffer_mut().capacity() < 4096);
+}
+
+#[test]
+fn value_frames_ignore_length_limit_but_payload_frames_do_not() {
+    // A WINDOW's value field is a credit increment, not a length, so a huge value is fine.
+    let frame = decode_one(&header(1, 0x01, 0, 3, u32::MAX), 16).unwrap();
+    assert_eq!(
+        frame,
+        Some(Frame::Window {
+            stream: 3,
+            increment: u32::MAX
+        })
+    );
+}
+
+#[test]
+fn truncated_input_waits_and_garbage_control_payload_is_an_error() {
+    let mut d = Decoder::default();
+    let full = encode_all(&[Frame::Data {
+        stream: 1,
+        payload: Bytes::from_static(b"hello"),
+    }]);
+    d.push(&full[..full.len() - 1]);
+    assert_eq!(d.decode(), Ok(None));
+    assert_eq!(d.decode(), Ok(None));
+    d.push(&full[full.len() - 1..]);
+    assert!(matches!(d.decode(), Ok(Some(Frame::Data { .. }))));
+
+    let mut bad = BytesMut::new();
+    bad.extend_from_slice(&header(1, 0x10, 0, 0, 3));
+    bad.extend_from_slice(&[0xff, 0xff, 0xff]);
+    let err = decode_one(&bad, 1024).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::BadMessage {
+                frame_type: FrameType::Hello,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn data_payload_shares_the_read_buffer() {
+    let mut d = Decoder::default();
+    let bytes = encode_all(&[Frame::Data {
+        stream: 1,
+        payload: Bytes::from(vec![7u8; 4096]),
+    }]);
+    d.push(&bytes);
+    let buffer_start = d.buffer_mut().as_ptr() as usize;
+    let Some(Frame::Data { payload, .. }) = d.decode().unwrap() else {
+        panic!("expected data");
+    };
+    assert_eq!(payload.as_ptr() as usize, buffer_start + HEADER_LEN);
+}
