@@ -1,0 +1,186 @@
+//! The established phase shared by both ends: frames to and from the mux, heartbeats, dead-peer
+//! detection and graceful drain.
+
+use std::collections::VecDeque;
+
+use crate::mux::{Mux, MuxEvent};
+use crate::time::{Duration, Instant, earliest};
+use crate::wire::{Decoder, Frame, GoAwayReason, Transmit};
+
+use super::CloseReason;
+
+/// Heartbeat timing of an established session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// A PING is sent this often.
+    pub interval: Duration,
+    /// The peer is dead after this long without any frame from it.
+    pub timeout: Duration,
+}
+
+/// Connection-level state common to client and node sessions.
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub decoder: Decoder,
+    /// Session frames (handshake, config, final GOAWAY) that go before any mux output.
+    pub outbox: VecDeque<Transmit>,
+    pub link: Option<Link>,
+    pub closed: Option<CloseReason>,
+}
+
+/// The established part: the mux plus liveness timers.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub mux: Mux,
+    heartbeat: Heartbeat,
+    last_received_at: Instant,
+    next_ping_at: Instant,
+    drain_deadline: Option<Instant>,
+    draining: bool,
+}
+
+/// What the caller must do with a frame the link did not consume.
+pub(super) enum Unhandled {
+    /// A session-level frame for the role-specific code.
+    Frame(Frame),
+}
+
+impl Conn {
+    pub fn new(max_payload_bytes: u32) -> Conn {
+        Conn {
+            decoder: Decoder::new(max_payload_bytes),
+            outbox: VecDeque::new(),
+            link: None,
+            closed: None,
+        }
+    }
+
+    pub fn send(&mut self, frame: Frame) {
+        self.outbox.push_back(frame.encode());
+    }
+
+    pub fn establish(&mut self, now: Instant, mux: Mux, heartbeat: Heartbeat) {
+        self.link = Some(Link {
+            mux,
+            heartbeat,
+            last_received_at: now,
+            next_ping_at: now + heartbeat.interval,
+            drain_deadline: None,
+            draining: false,
+        });
+    }
+
+    /// Ends the session: an error close drops the mux and queues a final GOAWAY if the session
+    /// was established. Returns false if it was already closed.
+    pub fn close(&mut self, reason: CloseReason, goaway: Option<GoAwayReason>) -> bool {
+        if self.closed.is_some() {
+            return false;
+        }
+        if let (Some(_), Some(reason)) = (self.link.take(), goaway) {
+            self.send(Frame::GoAway { reason });
+        }
+        self.closed = Some(reason);
+        true
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(t) = self.outbox.pop_front() {
+            return Some(t);
+        }
+        self.link.as_mut()?.mux.poll_transmit()
+    }
+
+    /// Decodes the next frame; stream frames go to the mux, session frames come back.
+    /// `Err` carries the reason the session must close.
+    pub fn next_frame(
+        &mut self,
+        now: Instant,
+    ) -> Result<Option<Unhandled>, (CloseReason, GoAwayReason)> {
+        loop {
+            let frame = match self.decoder.decode() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err((CloseReason::Wire(e), GoAwayReason::ProtocolError)),
+            };
+            let Some(link) = self.link.as_mut() else {
+                return Ok(Some(Unhandled::Frame(frame)));
+            };
+            link.last_received_at = now;
+            if is_mux_frame(&frame) {
+                link.mux
+                    .handle_frame(now, frame)
+                    .map_err(|e| (CloseReason::Mux(e), GoAwayReason::ProtocolError))?;
+            } else {
+                return Ok(Some(Unhandled::Frame(frame)));
+            }
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let link = self.link.as_ref()?;
+        let dead_at = link.last_received_at + link.heartbeat.timeout;
+        earliest(
+            Some(earliest(Some(dead_at), Some(link.next_ping_at))?),
+            link.drain_deadline,
+        )
+    }
+
+    /// Fires due timers. `Err` means the session must close.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), (CloseReason, GoAwayReason)> {
+        let Some(link) = self.link.as_mut() else {
+            return Ok(());
+        };
+        if now >= link.last_received_at + link.heartbeat.timeout {
+            return Err((
+                CloseReason::HeartbeatTimeout,
+                GoAwayReason::HeartbeatTimeout,
+            ));
+        }
+        if link.drain_deadline.is_some_and(|deadline| now >= deadline) {
+            return Err((CloseReason::DrainTimeout, GoAwayReason::Shutdown));
+        }
+        if now >= link.next_ping_at {
+            link.mux.ping(now);
+            link.next_ping_at = now + link.heartbeat.interval;
+        }
+        Ok(())
+    }
+
+    /// Starts a graceful drain: GOAWAY now, close when no stream is left or at `deadline`.
+    pub fn drain(&mut self, reason: GoAwayReason, deadline: Option<Instant>) {
+        if let Some(link) = self.link.as_mut() {
+            link.mux.go_away(reason);
+            link.draining = true;
+            link.drain_deadline = earliest(link.drain_deadline, deadline);
+        }
+    }
+
+    /// The next mux event, and whether the session finished draining.
+    pub fn poll_mux_event(&mut self) -> Option<MuxEvent> {
+        self.link.as_mut()?.mux.poll_event()
+    }
+
+    /// Whether a drain (ours or the peer's) has completed.
+    pub fn drained(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.mux.is_drained())
+    }
+
+    pub fn we_are_draining(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| l.draining)
+    }
+}
+
+fn is_mux_frame(frame: &Frame) -> bool {
+    matches!(
+        frame,
+        Frame::Data { .. }
+            | Frame::Window { .. }
+            | Frame::Fin { .. }
+            | Frame::Rst { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::GoAway { .. }
+            | Frame::Open { .. }
+            | Frame::OpenResult { .. }
+    )
+}
