@@ -1,1 +1,35 @@
-//! placeholder
+//! The control-plane domain model and its rules: users and quotas, clients and their credentials,
+//! mappings (entry → target client → target), connection codes, node records.
+//!
+//! Everything here is plain data plus the decisions made about it (`validate`, quota checks, code
+//! activation, expiry). Nothing reads a clock or draws OS randomness: wall time arrives as
+//! [`UnixMillis`] from the caller and random ids come from a seeded [`crate::rng::Rng`]. Records
+//! are serde structs so storage, the broker and the management API can carry them as they are.
+//!
+//! | file | concept |
+//! |---|---|
+//! | `ids` | [`UserId`], [`ClientId`], [`NodeId`], [`MappingId`] |
+//! | `clock` | [`UnixMillis`], wall time for expiry and leases |
+//! | `user` | [`User`] and its [`Quota`] |
+//! | `credentials` | [`ClientSecret`] and the [`AuthKey`] derived from it |
+//! | `client` | [`ClientRecord`] |
+//! | `addr` | `host:port` parsing: [`HostPort`], [`Host`] |
+//! | `cidr` | [`Cidr`] networks for source allow-lists |
+//! | `entry`, `target`, `protocol`, `options` | the parts of a mapping |
+//! | `mapping` | [`Mapping`] and its consistency rules |
+//! | `code` | [`Code`], the typed `abc-def-123` form |
+//! | `connection_code` | [`ConnectionCode`], its lifecycle and single use |
+//! | `node` | [`NodeRecord`] |
+//! | `validation` | [`ValidationError`] |
+
+mod addr;
+mod cidr;
+mod clock;
+mod validation;
+
+pub use addr::{
+    AddrError, Host, HostPort, NameProblem, check_host_name, check_http_host, parse_port,
+};
+pub use cidr::{Cidr, CidrError};
+pub use clock::UnixMillis;
+pub use validation::ValidationError;
