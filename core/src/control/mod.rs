@@ -24,12 +24,22 @@
 
 mod addr;
 mod cidr;
+mod client;
 mod clock;
+mod code;
+mod credentials;
+mod ids;
+mod user;
 mod validation;
 
 pub use addr::{
     AddrError, Host, HostPort, NameProblem, check_host_name, check_http_host, parse_port,
 };
 pub use cidr::{Cidr, CidrError};
+pub use client::{CLIENT_LABEL_MAX_CHARS, ClientKind, ClientRecord, ClientStatus};
 pub use clock::UnixMillis;
+pub use code::{ALPHABET as CODE_ALPHABET, CODE_LEN, Code, CodeParseError};
+pub use credentials::{AUTH_KEY_CONTEXT, AuthKey, ClientSecret};
+pub use ids::{ClientId, MappingId, NodeId, UserId};
+pub use user::{Quota, QuotaError, User};
 pub use validation::ValidationError;
