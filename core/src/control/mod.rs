@@ -28,7 +28,12 @@ mod client;
 mod clock;
 mod code;
 mod credentials;
+mod entry;
 mod ids;
+mod mapping;
+mod options;
+mod protocol;
+mod target;
 mod user;
 mod validation;
 
@@ -40,6 +45,11 @@ pub use client::{CLIENT_LABEL_MAX_CHARS, ClientKind, ClientRecord, ClientStatus}
 pub use clock::UnixMillis;
 pub use code::{ALPHABET as CODE_ALPHABET, CODE_LEN, Code, CodeParseError};
 pub use credentials::{AUTH_KEY_CONTEXT, AuthKey, ClientSecret};
+pub use entry::Entry;
 pub use ids::{ClientId, MappingId, NodeId, UserId};
+pub use mapping::{Mapping, MappingStatus};
+pub use options::{MappingOptions, SOURCE_CIDRS_MAX};
+pub use protocol::{Protocol, UnknownProtocol};
+pub use target::Target;
 pub use user::{Quota, QuotaError, User};
 pub use validation::ValidationError;
