@@ -27,10 +27,12 @@ mod cidr;
 mod client;
 mod clock;
 mod code;
+mod connection_code;
 mod credentials;
 mod entry;
 mod ids;
 mod mapping;
+mod node;
 mod options;
 mod protocol;
 mod target;
@@ -44,10 +46,16 @@ pub use cidr::{Cidr, CidrError};
 pub use client::{CLIENT_LABEL_MAX_CHARS, ClientKind, ClientRecord, ClientStatus};
 pub use clock::UnixMillis;
 pub use code::{ALPHABET as CODE_ALPHABET, CODE_LEN, Code, CodeParseError};
+pub use connection_code::{
+    ACTIVATION_TTL_MAX, ACTIVATION_TTL_MIN, CodeError, CodeRequest, CodeState, ConnectionCode,
+    DEFAULT_ACTIVATION_TTL, DEFAULT_MAPPING_TTL, DESCRIPTION_MAX_CHARS, MAPPING_TTL_MAX,
+    MAPPING_TTL_MIN,
+};
 pub use credentials::{AUTH_KEY_CONTEXT, AuthKey, ClientSecret};
 pub use entry::Entry;
 pub use ids::{ClientId, MappingId, NodeId, UserId};
 pub use mapping::{Mapping, MappingStatus};
+pub use node::{NodeLoad, NodeRecord};
 pub use options::{MappingOptions, SOURCE_CIDRS_MAX};
 pub use protocol::{Protocol, UnknownProtocol};
 pub use target::Target;
