@@ -22,6 +22,7 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
+pub use crate::control::AuthKey;
 pub use auth::{NONCE_LEN, PROOF_LEN, Transcript};
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{ClientEvent, ClientIdentity, ClientSession, ClientSessionConfig, Established};
@@ -33,29 +34,3 @@ pub use tunnox_proto::wire::RefuseReason;
 
 /// The protocol version in Hello, as the protobuf field type.
 pub const PROTOCOL_VERSION: u32 = crate::wire::PROTOCOL_VERSION as u32;
-
-/// The key a client proves knowledge of, derived from its secret; nodes store only this.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AuthKey([u8; 32]);
-
-impl AuthKey {
-    /// Derives the key from a client secret: `HMAC-SHA256(secret, "tunnox/v1 auth key")`.
-    pub fn derive(secret: &str) -> AuthKey {
-        use hmac::{Hmac, Mac};
-        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        mac.update(b"tunnox/v1 auth key");
-        AuthKey(mac.finalize().into_bytes().into())
-    }
-
-    /// The raw key bytes.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for AuthKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuthKey(<redacted>)")
-    }
-}
