@@ -31,7 +31,7 @@ impl Default for MuxConfig {
         MuxConfig {
             stream_window_bytes: 256 * 1024,
             stream_window_max_bytes: 16 * 1024 * 1024,
-            session_window_bytes: 64 * 1024 * 1024,
+            session_window_bytes: 16 * 1024 * 1024,
             max_frame_payload_bytes: 64 * 1024,
             max_streams: 4096,
             max_pending_opens: 256,
