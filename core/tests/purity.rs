@@ -2,7 +2,6 @@
 //! randomness. This test reads the crate's own sources and manifest; `.ci/purity` additionally
 //! checks the transitive dependency tree with `cargo tree`.
 
-
 #![allow(clippy::expect_used)]
 use std::fs;
 use std::path::{Path, PathBuf};
