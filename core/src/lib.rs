@@ -5,9 +5,12 @@
 //! `poll_timeout`), randomness comes from a seeded [`rng::Rng`]. Nothing here reads a clock, opens
 //! a socket, spawns a thread or asks the OS for randomness; `tests/purity.rs` enforces it.
 
+pub mod agent;
 pub mod control;
 pub mod digest;
 pub mod mux;
+pub mod node;
+pub mod relay;
 pub mod rng;
 pub mod session;
 pub mod time;

@@ -201,6 +201,24 @@ impl Mux {
         self.streams.get(&stream).map_or(0, |s| s.send_queued)
     }
 
+    /// How many more bytes `send` would take on `stream` now (0 if unknown or finished).
+    pub fn send_capacity(&self, stream: StreamId) -> usize {
+        let limit = u64::from(self.config.send_buffer_bytes);
+        self.streams
+            .get(&stream)
+            .filter(|s| !s.fin_requested)
+            .map_or(0, |s| {
+                usize::try_from(limit.saturating_sub(s.send_queued)).unwrap_or(usize::MAX)
+            })
+    }
+
+    /// Asks for a `Writable` event once `stream`'s send buffer has room again.
+    pub fn notify_writable(&mut self, stream: StreamId) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.writable_wanted = true;
+        }
+    }
+
     /// Bytes received on `stream` and not yet read.
     pub fn recv_buffered(&self, stream: StreamId) -> u64 {
         self.streams.get(&stream).map_or(0, |s| s.recv_buffered)

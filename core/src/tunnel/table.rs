@@ -240,6 +240,11 @@ impl TunnelTable {
         }
     }
 
+    /// The entry of `tunnel`.
+    pub fn entry_of(&self, tunnel: TunnelId) -> Option<Endpoint> {
+        self.tunnels.get(&tunnel).map(|t| t.entry)
+    }
+
     /// Whether the tunnel of `endpoint` is relaying (both ends accepted).
     pub fn is_relaying(&self, endpoint: Endpoint) -> bool {
         self.by_endpoint

@@ -1,0 +1,1218 @@
+//! A whole node as one sans-IO state machine: client sessions, the session registry, the tunnel
+//! table, relays between streams and to node-port visitors, config pushes, and the control state.
+//!
+//! The runtime (tokio or the simulator) owns the sockets. It reports client connections
+//! (`accept_connection`, `connection_bytes`, `connection_closed`), node-port visitors
+//! (`visitor_accepted`, `visitor_data`, `visitor_eof`, …) and time (`handle_timeout`); it pulls
+//! bytes to write with `poll_transmit` and everything else with `poll_output`.
+
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use bytes::Bytes;
+use tunnox_proto::wire as pb;
+
+pub use state::{ControlState, StateChange};
+
+use crate::control::{
+    ClientId, ClientRecord, ClientSecret, ClientStatus, Entry, Mapping, MappingId, MappingStatus,
+    QuotaError, Target, UnixMillis, ValidationError,
+};
+use crate::mux::{MuxEvent, ReadOutcome};
+use crate::relay::{LocalId, LocalOutput, LocalRelays};
+use crate::rng::Rng;
+use crate::session::{
+    CloseReason, NodeEvent, NodeSession, NodeSessionConfig, RefuseReason, SessionRegistry,
+};
+use crate::time::Instant;
+use crate::tunnel::{
+    Endpoint, OpenContext, OpenError, OpenRequest, TunnelAction, TunnelConfig, TunnelOutcome,
+    TunnelTable, decode_open, decode_result, encode_result,
+};
+use crate::wire::{GoAwayReason, ResetReason, StreamId, Transmit};
+
+/// Identifies a client connection, chosen by the runtime (unique, never reused).
+pub type ConnId = u64;
+
+/// Settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Session settings (node id, timeouts, mux limits).
+    pub session: NodeSessionConfig,
+    /// Tunnel limits.
+    pub tunnel: TunnelConfig,
+    /// Whether unknown clients may register for anonymous credentials.
+    pub allow_registration: bool,
+    /// Most bytes handed to the runtime per visitor socket and not yet flushed.
+    pub visitor_unflushed_bytes_max: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node called `node_id`.
+    pub fn new(node_id: impl Into<String>) -> NodeConfig {
+        NodeConfig {
+            session: NodeSessionConfig::new(node_id),
+            tunnel: TunnelConfig::default(),
+            allow_registration: true,
+            visitor_unflushed_bytes_max: 256 * 1024,
+        }
+    }
+}
+
+/// Something the runtime must do or may log, pulled with [`Node::poll_output`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOutput {
+    /// Flush this connection's transmits, then close it.
+    CloseConnection {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Start accepting visitors on a public port for a node-port mapping.
+    ListenNodePort {
+        /// The port.
+        port: u16,
+        /// Address to bind, if the mapping names one.
+        bind: Option<String>,
+    },
+    /// Stop accepting visitors on a public port.
+    StopNodePort {
+        /// The port.
+        port: u16,
+    },
+    /// A visitor socket operation.
+    Visitor(LocalOutput),
+    /// A durable change to store, in order.
+    Persist(StateChange),
+    /// Something worth logging or counting.
+    Notice(Notice),
+}
+
+/// Notable happenings, for logs and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A client session was established.
+    ClientOnline {
+        /// The client.
+        client: ClientId,
+        /// Its connection.
+        conn: ConnId,
+    },
+    /// A client session ended.
+    ClientOffline {
+        /// The client.
+        client: ClientId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A handshake was refused or failed.
+    HandshakeFailed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A client registered for anonymous credentials.
+    Registered {
+        /// The new client.
+        client: ClientId,
+    },
+    /// A tunnel ended.
+    TunnelClosed {
+        /// Its mapping.
+        mapping: MappingId,
+        /// How.
+        outcome: TunnelOutcome,
+        /// Bytes entry → target.
+        bytes_to_target: u64,
+        /// Bytes target → entry.
+        bytes_to_entry: u64,
+    },
+    /// A visitor's open was refused.
+    OpenRefused {
+        /// Why.
+        error: OpenError,
+        /// Detail.
+        message: String,
+    },
+}
+
+/// Why an administrative change was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The value is invalid.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// A quota forbids it.
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// Another mapping already uses this node port or host.
+    #[error("{0} is already used by another mapping")]
+    Conflict(String),
+    /// No such object.
+    #[error("no such {0}")]
+    NotFound(&'static str),
+}
+
+/// One client connection and what hangs off it.
+#[derive(Debug)]
+struct Slot {
+    session: NodeSession,
+    /// Node-port visitors whose target stream lives in this session.
+    visitors: LocalRelays,
+    client: Option<ClientId>,
+}
+
+/// A node (see the module docs).
+#[derive(Debug)]
+pub struct Node {
+    config: NodeConfig,
+    rng: Rng,
+    wall_origin: (Instant, UnixMillis),
+    state: ControlState,
+    config_version: u64,
+    slots: BTreeMap<ConnId, Slot>,
+    registry: SessionRegistry,
+    tunnels: TunnelTable,
+    /// Which session holds each visitor's target stream.
+    visitor_slot: BTreeMap<LocalId, ConnId>,
+    node_ports: BTreeMap<u16, MappingId>,
+    /// Connections that may have bytes to send.
+    dirty: BTreeSet<ConnId>,
+    /// Session deadlines, for `poll_timeout` without scanning every session.
+    timers: BTreeSet<(Instant, ConnId)>,
+    timer_of: BTreeMap<ConnId, Instant>,
+    outputs: VecDeque<NodeOutput>,
+}
+
+impl Node {
+    /// A node serving `state`, started at `now` (monotonic) = `wall_now` (wall clock).
+    pub fn new(
+        now: Instant,
+        wall_now: UnixMillis,
+        config: NodeConfig,
+        state: ControlState,
+        rng: Rng,
+    ) -> Node {
+        let mut node = Node {
+            tunnels: TunnelTable::new(config.tunnel.clone()),
+            config,
+            rng,
+            wall_origin: (now, wall_now),
+            config_version: 1,
+            slots: BTreeMap::new(),
+            registry: SessionRegistry::new(),
+            visitor_slot: BTreeMap::new(),
+            node_ports: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            timers: BTreeSet::new(),
+            timer_of: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            state,
+        };
+        node.sync_node_ports();
+        node
+    }
+
+    /// The control state served.
+    pub fn state(&self) -> &ControlState {
+        &self.state
+    }
+
+    /// Clients online.
+    pub fn online_clients(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// The live connection of `client`, if online here.
+    pub fn session_of(&self, client: ClientId) -> Option<ConnId> {
+        self.registry.live_session(client.0)
+    }
+
+    /// Tunnels alive now.
+    pub fn tunnel_count(&self) -> usize {
+        self.tunnels.len()
+    }
+
+    /// Client connections held (handshaking, established or closing).
+    pub fn connection_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Streams open over all sessions.
+    pub fn stream_count(&self) -> usize {
+        self.slots
+            .values()
+            .filter_map(|s| s.session.mux_ref())
+            .map(|m| m.stream_count())
+            .sum()
+    }
+
+    fn wall_now(&self, now: Instant) -> UnixMillis {
+        let (origin, wall) = self.wall_origin;
+        wall.saturating_add(now.saturating_duration_since(origin))
+    }
+
+    // ----- client connections -----
+
+    /// A client connected.
+    pub fn accept_connection(&mut self, now: Instant, conn: ConnId) {
+        let session = NodeSession::new(now, self.config.session.clone(), conn, &mut self.rng);
+        self.slots.insert(
+            conn,
+            Slot {
+                session,
+                visitors: LocalRelays::new(self.config.visitor_unflushed_bytes_max),
+                client: None,
+            },
+        );
+        self.after_session_input(now, conn);
+    }
+
+    /// Bytes arrived on a client connection.
+    pub fn connection_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            slot.session.handle_bytes(now, bytes);
+            self.after_session_input(now, conn);
+        }
+    }
+
+    /// The runtime's connection is gone (closed by us after `CloseConnection`, or by the peer).
+    pub fn connection_closed(&mut self, now: Instant, conn: ConnId) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        if !slot.session.is_closed() {
+            slot.session.kick(GoAwayReason::Normal);
+            self.after_session_input(now, conn);
+        }
+        if let Some(slot) = self.slots.remove(&conn) {
+            for visitor in slot.visitors.locals() {
+                self.visitor_slot.remove(&visitor);
+            }
+        }
+        self.dirty.remove(&conn);
+        if let Some(at) = self.timer_of.remove(&conn) {
+            self.timers.remove(&(at, conn));
+        }
+    }
+
+    /// The next bytes to write, and to which connection.
+    pub fn poll_transmit(&mut self) -> Option<(ConnId, Transmit)> {
+        while let Some(&conn) = self.dirty.first() {
+            if let Some(t) = self
+                .slots
+                .get_mut(&conn)
+                .and_then(|s| s.session.poll_transmit())
+            {
+                self.after_mux_activity(conn);
+                return Some((conn, t));
+            }
+            self.dirty.remove(&conn);
+        }
+        None
+    }
+
+    /// The next bytes to write on `conn` only.
+    pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Transmit> {
+        let t = self.slots.get_mut(&conn)?.session.poll_transmit();
+        if t.is_some() {
+            self.after_mux_activity(conn);
+        }
+        t
+    }
+
+    /// The next output for the runtime.
+    pub fn poll_output(&mut self) -> Option<NodeOutput> {
+        self.outputs.pop_front()
+    }
+
+    // ----- time -----
+
+    /// When `handle_timeout` must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let session = self.timers.first().map(|(at, _)| *at);
+        crate::time::earliest(session, self.tunnels.poll_timeout())
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, conn)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, conn));
+            self.timer_of.remove(&conn);
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.session.handle_timeout(now);
+                self.after_session_input(now, conn);
+            }
+        }
+        self.tunnels.handle_timeout(now);
+        self.run_tunnel_actions(now);
+    }
+
+    // ----- node-port visitors -----
+
+    /// A visitor connected to node port `port`; `visitor` is the runtime's id for its socket.
+    pub fn visitor_accepted(
+        &mut self,
+        now: Instant,
+        port: u16,
+        visitor: LocalId,
+        addr: Option<core::net::SocketAddr>,
+    ) {
+        let Some(mapping_id) = self.node_ports.get(&port).cloned() else {
+            self.outputs
+                .push_back(NodeOutput::Visitor(LocalOutput::Close {
+                    local: visitor,
+                    reset: true,
+                }));
+            return;
+        };
+        let request = OpenRequest {
+            entry: Endpoint::Local(visitor),
+            from_client: None,
+            open: pb::StreamOpen {
+                mapping_id: mapping_id.as_str().to_owned(),
+                target: None,
+                protocol: 0,
+                visitor_addr: addr.map(|a| a.to_string()).unwrap_or_default(),
+            },
+        };
+        self.request_tunnel(now, request);
+    }
+
+    /// Bytes read from a visitor socket; returns how many were taken (pause reading if fewer,
+    /// until `ResumeRead`).
+    pub fn visitor_data(&mut self, now: Instant, visitor: LocalId, bytes: Bytes) -> usize {
+        let Some(&conn) = self.visitor_slot.get(&visitor) else {
+            return 0;
+        };
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return 0;
+        };
+        let Some(mux) = slot.session.mux() else {
+            return 0;
+        };
+        let taken = slot.visitors.local_data(mux, visitor, bytes);
+        self.tunnels
+            .record_transfer(Endpoint::Local(visitor), taken as u64);
+        self.after_session_input(now, conn);
+        taken
+    }
+
+    /// The visitor shut down its write side.
+    pub fn visitor_eof(&mut self, now: Instant, visitor: LocalId) {
+        self.with_visitor(now, visitor, |relays, mux, _| {
+            relays.local_eof(mux, visitor)
+        });
+        self.tunnels.endpoint_finished(Endpoint::Local(visitor));
+        self.run_tunnel_actions(now);
+    }
+
+    /// The visitor socket failed or was closed abortively.
+    pub fn visitor_reset(&mut self, now: Instant, visitor: LocalId) {
+        self.with_visitor(now, visitor, |relays, mux, _| {
+            relays.local_reset(mux, visitor)
+        });
+        self.visitor_slot.remove(&visitor);
+        self.tunnels
+            .endpoint_reset(Endpoint::Local(visitor), ResetReason::Cancel);
+        self.run_tunnel_actions(now);
+    }
+
+    /// The runtime wrote `bytes` of earlier writes to the visitor.
+    pub fn visitor_flushed(&mut self, now: Instant, visitor: LocalId, bytes: usize) {
+        self.with_visitor(now, visitor, |relays, mux, now| {
+            relays.flushed(now, mux, visitor, bytes)
+        });
+    }
+
+    fn with_visitor(
+        &mut self,
+        now: Instant,
+        visitor: LocalId,
+        f: impl FnOnce(&mut LocalRelays, &mut crate::mux::Mux, Instant),
+    ) {
+        let Some(&conn) = self.visitor_slot.get(&visitor) else {
+            return;
+        };
+        if let Some(slot) = self.slots.get_mut(&conn)
+            && let Some(mux) = slot.session.mux()
+        {
+            f(&mut slot.visitors, mux, now);
+            self.drain_visitor_outputs(now, conn);
+            self.after_session_input(now, conn);
+        }
+    }
+
+    // ----- administration -----
+
+    /// Creates a client with fresh credentials; returns the secret (shown once, never stored).
+    pub fn create_client(
+        &mut self,
+        now: Instant,
+        owner: Option<crate::control::UserId>,
+        label: &str,
+    ) -> Result<(ClientId, ClientSecret), AdminError> {
+        if let Some(owner) = owner {
+            let user = self
+                .state
+                .users
+                .get(&owner)
+                .ok_or(AdminError::NotFound("user"))?;
+            let current = self
+                .state
+                .clients
+                .values()
+                .filter(|c| c.owner == Some(owner))
+                .count();
+            user.quota
+                .check_new_client(u32::try_from(current).unwrap_or(u32::MAX))?;
+        }
+        let id = self.fresh_client_id();
+        let secret = ClientSecret::generate(&mut self.rng);
+        let wall = self.wall_now(now);
+        let record = match owner {
+            Some(owner) => {
+                ClientRecord::new_registered(id, owner, label.to_owned(), secret.auth_key(), wall)
+            }
+            None => ClientRecord {
+                label: label.to_owned(),
+                ..ClientRecord::new_anonymous(id, secret.auth_key(), wall)
+            },
+        };
+        record.validate()?;
+        self.persist(StateChange::PutClient(record));
+        Ok((id, secret))
+    }
+
+    /// Adds a user (or replaces one).
+    pub fn put_user(&mut self, user: crate::control::User) -> Result<(), AdminError> {
+        user.validate()?;
+        self.persist(StateChange::PutUser(user));
+        Ok(())
+    }
+
+    /// Creates or replaces a mapping, then pushes config to the clients involved.
+    pub fn put_mapping(&mut self, now: Instant, mapping: Mapping) -> Result<(), AdminError> {
+        mapping.validate()?;
+        let previous = self.state.mappings.get(&mapping.id).cloned();
+        if previous.is_none()
+            && let Some(owner) = mapping.owner
+        {
+            let user = self
+                .state
+                .users
+                .get(&owner)
+                .ok_or(AdminError::NotFound("user"))?;
+            let current = self.state.mappings_owned_by(owner);
+            user.quota
+                .check_new_mapping(u32::try_from(current).unwrap_or(u32::MAX))?;
+        }
+        if let Entry::NodePort { port, .. } = mapping.entry
+            && self
+                .node_ports
+                .get(&port)
+                .is_some_and(|id| *id != mapping.id)
+        {
+            return Err(AdminError::Conflict(format!("node port {port}")));
+        }
+        if let Some(previous) = &previous
+            && (previous.entry != mapping.entry
+                || previous.target != mapping.target
+                || mapping.status != MappingStatus::Active)
+        {
+            self.tunnels.mapping_removed(&mapping.id);
+        }
+        let mut affected: BTreeSet<ClientId> = involved_clients(&mapping);
+        if let Some(previous) = &previous {
+            affected.extend(involved_clients(previous));
+        }
+        self.persist(StateChange::PutMapping(mapping));
+        self.after_mapping_change(now, affected);
+        Ok(())
+    }
+
+    /// Deletes a mapping: its tunnels are reset and its clients get new config.
+    pub fn delete_mapping(&mut self, now: Instant, id: &MappingId) -> Result<(), AdminError> {
+        let mapping = self
+            .state
+            .mappings
+            .get(id)
+            .cloned()
+            .ok_or(AdminError::NotFound("mapping"))?;
+        self.tunnels.mapping_removed(id);
+        self.persist(StateChange::DeleteMapping(id.clone()));
+        self.after_mapping_change(now, involved_clients(&mapping));
+        Ok(())
+    }
+
+    /// Disconnects a client now (GOAWAY Kicked); it will not reconnect by itself.
+    pub fn kick_client(&mut self, now: Instant, client: ClientId) -> bool {
+        let Some(conn) = self.registry.live_session(client.0) else {
+            return false;
+        };
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            slot.session.kick(GoAwayReason::Kicked);
+        }
+        self.after_session_input(now, conn);
+        true
+    }
+
+    /// Starts a graceful shutdown: every session gets GOAWAY(Shutdown) and closes when drained
+    /// or at `deadline`.
+    pub fn drain(&mut self, now: Instant, deadline: Option<Instant>) {
+        let conns: Vec<ConnId> = self.slots.keys().copied().collect();
+        for conn in conns {
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.session.drain(GoAwayReason::Shutdown, deadline);
+            }
+            self.after_session_input(now, conn);
+        }
+    }
+
+    fn after_mapping_change(&mut self, now: Instant, affected: BTreeSet<ClientId>) {
+        self.config_version += 1;
+        self.sync_node_ports();
+        for client in affected {
+            self.push_config(client);
+            if let Some(conn) = self.registry.live_session(client.0) {
+                self.after_session_input(now, conn);
+            }
+        }
+        self.run_tunnel_actions(now);
+    }
+
+    fn sync_node_ports(&mut self) {
+        let wanted: BTreeMap<u16, (MappingId, Option<String>)> = self
+            .state
+            .mappings
+            .values()
+            .filter(|m| m.status == MappingStatus::Active)
+            .filter_map(|m| match &m.entry {
+                Entry::NodePort { port, bind } => Some((*port, (m.id.clone(), bind.clone()))),
+                _ => None,
+            })
+            .collect();
+        let stale: Vec<u16> = self
+            .node_ports
+            .keys()
+            .filter(|p| !wanted.contains_key(p))
+            .copied()
+            .collect();
+        for port in stale {
+            self.node_ports.remove(&port);
+            self.outputs.push_back(NodeOutput::StopNodePort { port });
+        }
+        for (port, (id, bind)) in wanted {
+            if self.node_ports.insert(port, id).is_none() {
+                self.outputs
+                    .push_back(NodeOutput::ListenNodePort { port, bind });
+            }
+        }
+    }
+
+    fn push_config(&mut self, client: ClientId) {
+        let Some(conn) = self.registry.live_session(client.0) else {
+            return;
+        };
+        let push = config_for(&self.state, client, self.config_version);
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            slot.session.push_config(push);
+            self.dirty.insert(conn);
+        }
+    }
+
+    fn persist(&mut self, change: StateChange) {
+        self.state.apply(&change);
+        self.outputs.push_back(NodeOutput::Persist(change));
+    }
+
+    fn fresh_client_id(&mut self) -> ClientId {
+        loop {
+            let id = ClientId::generate(&mut self.rng);
+            if !self.state.clients.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    // ----- event processing -----
+
+    /// After anything that may have changed a session: handle its events, tunnel actions, and
+    /// note its output and timer.
+    fn after_session_input(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(event) = self
+                .slots
+                .get_mut(&conn)
+                .and_then(|s| s.session.poll_event())
+            else {
+                break;
+            };
+            self.on_session_event(now, conn, event);
+            self.run_tunnel_actions(now);
+        }
+        self.after_mux_activity(conn);
+    }
+
+    fn after_mux_activity(&mut self, conn: ConnId) {
+        let Some(slot) = self.slots.get(&conn) else {
+            return;
+        };
+        self.dirty.insert(conn);
+        let deadline = slot.session.poll_timeout();
+        if let Some(old) = self.timer_of.remove(&conn) {
+            self.timers.remove(&(old, conn));
+        }
+        if let Some(at) = deadline {
+            self.timers.insert((at, conn));
+            self.timer_of.insert(conn, at);
+        }
+    }
+
+    fn on_session_event(&mut self, now: Instant, conn: ConnId, event: NodeEvent) {
+        match event {
+            NodeEvent::CredentialsNeeded { client_id } => {
+                self.provide_credentials(now, conn, ClientId(client_id))
+            }
+            NodeEvent::RegistrationRequested { label } => self.register(now, conn, &label),
+            NodeEvent::Established { client_id } => {
+                let client = ClientId(client_id);
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.client = Some(client);
+                }
+                if let Some(old) = self.registry.register(client_id, conn)
+                    && let Some(old_slot) = self.slots.get_mut(&old)
+                {
+                    old_slot.session.kick(GoAwayReason::Replaced);
+                    self.after_session_input(now, old);
+                }
+                let wall = self.wall_now(now);
+                if let Some(record) = self.state.clients.get(&client) {
+                    let mut record = record.clone();
+                    record.record_seen(wall);
+                    self.persist(StateChange::PutClient(record));
+                }
+                self.outputs
+                    .push_back(NodeOutput::Notice(Notice::ClientOnline { client, conn }));
+                self.push_config(client);
+            }
+            NodeEvent::ConfigAcked { .. } => {}
+            NodeEvent::Stream(event) => self.on_stream_event(now, conn, event),
+            NodeEvent::Closed(reason) => self.on_session_closed(conn, reason),
+        }
+    }
+
+    fn provide_credentials(&mut self, now: Instant, conn: ConnId, client: ClientId) {
+        let record = self.state.clients.get(&client);
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        match record {
+            Some(r) if r.status == ClientStatus::Banned => {
+                slot.session
+                    .refuse(RefuseReason::Banned, "this client is banned", None);
+            }
+            Some(r) if r.may_log_in() => {
+                slot.session.provide_credentials(
+                    now,
+                    Some(r.auth_key.clone()),
+                    self.config_version,
+                );
+            }
+            _ => slot.session.provide_credentials(now, None, 0),
+        }
+    }
+
+    fn register(&mut self, now: Instant, conn: ConnId, label: &str) {
+        if !self.config.allow_registration {
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.session.refuse(
+                    RefuseReason::RegistrationClosed,
+                    "this node does not register new clients",
+                    None,
+                );
+            }
+            return;
+        }
+        let label: String = label.chars().filter(|c| !c.is_control()).take(64).collect();
+        match self.create_client(now, None, &label) {
+            Ok((id, secret)) => {
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.session.grant_registration(
+                        now,
+                        id.0,
+                        secret.expose_secret().to_owned(),
+                        self.config_version,
+                    );
+                }
+                self.outputs
+                    .push_back(NodeOutput::Notice(Notice::Registered { client: id }));
+            }
+            Err(_) => {
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.session.refuse(
+                        RefuseReason::Overloaded,
+                        "could not create credentials",
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_session_closed(&mut self, conn: ConnId, reason: CloseReason) {
+        let client = self.slots.get(&conn).and_then(|s| s.client);
+        match client {
+            Some(client) => {
+                self.registry.unregister(client.0, conn);
+                self.outputs
+                    .push_back(NodeOutput::Notice(Notice::ClientOffline { client, reason }));
+            }
+            None => self
+                .outputs
+                .push_back(NodeOutput::Notice(Notice::HandshakeFailed { conn, reason })),
+        }
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            for visitor in slot.visitors.locals().collect::<Vec<_>>() {
+                self.visitor_slot.remove(&visitor);
+            }
+            slot.visitors.reset_all();
+        }
+        self.drain_visitor_outputs_no_mux(conn);
+        self.tunnels.session_closed(conn);
+        self.outputs.push_back(NodeOutput::CloseConnection { conn });
+    }
+
+    fn on_stream_event(&mut self, now: Instant, conn: ConnId, event: MuxEvent) {
+        match event {
+            MuxEvent::Incoming { stream, payload } => {
+                let from_client = self.slots.get(&conn).and_then(|s| s.client);
+                match decode_open(payload) {
+                    Ok(open) => {
+                        let request = OpenRequest {
+                            entry: Endpoint::Stream {
+                                session: conn,
+                                stream,
+                            },
+                            from_client,
+                            open,
+                        };
+                        self.request_tunnel(now, request);
+                    }
+                    Err(e) => {
+                        if let Some(mux) = self.slots.get_mut(&conn).and_then(|s| s.session.mux()) {
+                            let _ = mux
+                                .refuse(stream, encode_result(OpenError::Internal, &e.to_string()));
+                        }
+                    }
+                }
+            }
+            MuxEvent::Accepted { stream, .. } => {
+                self.tunnels.target_result(
+                    Endpoint::Stream {
+                        session: conn,
+                        stream,
+                    },
+                    Ok(()),
+                );
+            }
+            MuxEvent::Refused { stream, payload } => {
+                let result = decode_result(payload)
+                    .unwrap_or((OpenError::Internal, "malformed open result".into()));
+                self.tunnels.target_result(
+                    Endpoint::Stream {
+                        session: conn,
+                        stream,
+                    },
+                    Err(result),
+                );
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.visitors.stream_reset(stream);
+                }
+                self.drain_visitor_outputs(now, conn);
+            }
+            MuxEvent::Readable { stream } => self.on_readable(now, conn, stream),
+            MuxEvent::Writable { stream } => {
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.visitors.stream_writable(stream);
+                }
+                self.drain_visitor_outputs(now, conn);
+                // A stream-to-stream relay blocked on this stream's room resumes.
+                if let Some(Endpoint::Stream {
+                    session,
+                    stream: from,
+                }) = self.tunnels.peer(Endpoint::Stream {
+                    session: conn,
+                    stream,
+                }) {
+                    self.pump(now, (session, from), (conn, stream));
+                }
+            }
+            MuxEvent::Reset { stream, reason } => {
+                self.tunnels.endpoint_reset(
+                    Endpoint::Stream {
+                        session: conn,
+                        stream,
+                    },
+                    reason,
+                );
+                if let Some(slot) = self.slots.get_mut(&conn) {
+                    slot.visitors.stream_reset(stream);
+                }
+                self.drain_visitor_outputs(now, conn);
+            }
+            MuxEvent::Pong { .. } | MuxEvent::GoAway { .. } => {}
+        }
+    }
+
+    fn on_readable(&mut self, now: Instant, conn: ConnId, stream: StreamId) {
+        let is_visitor = self
+            .slots
+            .get(&conn)
+            .is_some_and(|s| s.visitors.local_of(stream).is_some());
+        if is_visitor {
+            let mut finished = false;
+            self.with_slot_relays(now, conn, |relays, mux, now| {
+                finished = relays.stream_readable(now, mux, stream);
+            });
+            if finished {
+                // The target finished writing: that half of the tunnel is done.
+                self.tunnels.endpoint_finished(Endpoint::Stream {
+                    session: conn,
+                    stream,
+                });
+                self.run_tunnel_actions(now);
+            }
+            return;
+        }
+        if let Some(Endpoint::Stream {
+            session,
+            stream: to,
+        }) = self.tunnels.peer(Endpoint::Stream {
+            session: conn,
+            stream,
+        }) {
+            self.pump(now, (conn, stream), (session, to));
+        }
+    }
+
+    fn with_slot_relays(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        f: impl FnOnce(&mut LocalRelays, &mut crate::mux::Mux, Instant),
+    ) {
+        if let Some(slot) = self.slots.get_mut(&conn)
+            && let Some(mux) = slot.session.mux()
+        {
+            f(&mut slot.visitors, mux, now);
+        }
+        self.drain_visitor_outputs(now, conn);
+    }
+
+    /// Moves bytes from stream `from` to stream `to` while `to` has room.
+    fn pump(&mut self, now: Instant, from: (ConnId, StreamId), to: (ConnId, StreamId)) {
+        loop {
+            let Some(to_mux) = self.slots.get_mut(&to.0).and_then(|s| s.session.mux()) else {
+                return;
+            };
+            let room = to_mux.send_capacity(to.1);
+            if room == 0 {
+                to_mux.notify_writable(to.1);
+                break;
+            }
+            let Some(from_mux) = self.slots.get_mut(&from.0).and_then(|s| s.session.mux()) else {
+                return;
+            };
+            match from_mux.read(now, from.1, room) {
+                Ok(ReadOutcome::Data(bytes)) => {
+                    self.tunnels.record_transfer(
+                        Endpoint::Stream {
+                            session: from.0,
+                            stream: from.1,
+                        },
+                        bytes.len() as u64,
+                    );
+                    if let Some(to_mux) = self.slots.get_mut(&to.0).and_then(|s| s.session.mux()) {
+                        let _ = to_mux.send(to.1, bytes);
+                    }
+                }
+                Ok(ReadOutcome::Finished) => {
+                    self.tunnels.endpoint_finished(Endpoint::Stream {
+                        session: from.0,
+                        stream: from.1,
+                    });
+                    break;
+                }
+                Ok(ReadOutcome::Blocked) | Err(_) => break,
+            }
+        }
+        self.dirty.insert(from.0);
+        self.dirty.insert(to.0);
+        self.run_tunnel_actions(now);
+    }
+
+    fn request_tunnel(&mut self, now: Instant, request: OpenRequest) {
+        let mapping = MappingId::parse(&request.open.mapping_id)
+            .ok()
+            .and_then(|id| self.state.mappings.get(&id));
+        let owner_quota = mapping
+            .and_then(|m| m.owner)
+            .and_then(|owner| self.state.users.get(&owner))
+            .map(|u| &u.quota);
+        let target_session = mapping.and_then(|m| self.registry.live_session(m.target_client.0));
+        let ctx = OpenContext {
+            mapping,
+            owner_quota,
+            target_session,
+            wall_now: self.wall_now(now),
+        };
+        self.tunnels.request_open(now, request, ctx);
+        self.run_tunnel_actions(now);
+    }
+
+    fn run_tunnel_actions(&mut self, now: Instant) {
+        while let Some(action) = self.tunnels.poll_action() {
+            match action {
+                TunnelAction::OpenTarget {
+                    tunnel,
+                    session,
+                    payload,
+                } => {
+                    let entry_local = self.pending_local_entry(tunnel);
+                    let Some(slot) = self.slots.get_mut(&session) else {
+                        self.tunnels
+                            .target_open_failed(tunnel, OpenError::TargetOffline);
+                        continue;
+                    };
+                    let opened = slot.session.mux().map(|m| m.open(payload));
+                    match opened {
+                        Some(Ok(stream)) => {
+                            if let Some(visitor) = entry_local {
+                                slot.visitors.attach(visitor, stream);
+                                self.visitor_slot.insert(visitor, session);
+                            }
+                            self.tunnels.target_opened(tunnel, stream);
+                            self.dirty.insert(session);
+                        }
+                        _ => self
+                            .tunnels
+                            .target_open_failed(tunnel, OpenError::Overloaded),
+                    }
+                }
+                TunnelAction::AcceptEntry { entry } => {
+                    if let Endpoint::Stream { session, stream } = entry {
+                        if let Some(mux) =
+                            self.slots.get_mut(&session).and_then(|s| s.session.mux())
+                        {
+                            let _ = mux.accept(stream, encode_result(OpenError::Ok, ""));
+                        }
+                        self.dirty.insert(session);
+                        // Bytes that arrived with the open can flow now.
+                        self.on_readable(now, session, stream);
+                    }
+                }
+                TunnelAction::RefuseEntry {
+                    entry,
+                    error,
+                    message,
+                } => {
+                    match entry {
+                        Endpoint::Stream { session, stream } => {
+                            if let Some(mux) =
+                                self.slots.get_mut(&session).and_then(|s| s.session.mux())
+                            {
+                                let _ = mux.refuse(stream, encode_result(error, &message));
+                            }
+                            self.dirty.insert(session);
+                        }
+                        Endpoint::Local(visitor) => self.close_visitor(visitor),
+                    }
+                    self.outputs
+                        .push_back(NodeOutput::Notice(Notice::OpenRefused { error, message }));
+                }
+                TunnelAction::Finish { endpoint } => match endpoint {
+                    Endpoint::Stream { session, stream } => {
+                        if let Some(mux) =
+                            self.slots.get_mut(&session).and_then(|s| s.session.mux())
+                        {
+                            let _ = mux.finish(stream);
+                        }
+                        self.dirty.insert(session);
+                    }
+                    // Visitor FINs travel through the relay, after the data.
+                    Endpoint::Local(_) => {}
+                },
+                TunnelAction::Reset { endpoint, reason } => match endpoint {
+                    Endpoint::Stream { session, stream } => {
+                        if let Some(slot) = self.slots.get_mut(&session) {
+                            if let Some(mux) = slot.session.mux() {
+                                let _ = mux.reset(stream, reason);
+                            }
+                            slot.visitors.stream_reset(stream);
+                        }
+                        self.drain_visitor_outputs_no_mux(session);
+                        self.dirty.insert(session);
+                    }
+                    Endpoint::Local(visitor) => self.close_visitor(visitor),
+                },
+                TunnelAction::Closed {
+                    mapping,
+                    outcome,
+                    bytes_to_target,
+                    bytes_to_entry,
+                    ..
+                } => self
+                    .outputs
+                    .push_back(NodeOutput::Notice(Notice::TunnelClosed {
+                        mapping,
+                        outcome,
+                        bytes_to_target,
+                        bytes_to_entry,
+                    })),
+            }
+        }
+    }
+
+    /// The visitor id of a tunnel whose entry is a node-port visitor not yet attached.
+    fn pending_local_entry(&self, tunnel: crate::tunnel::TunnelId) -> Option<LocalId> {
+        self.tunnels.entry_of(tunnel).and_then(|e| match e {
+            Endpoint::Local(v) => Some(v),
+            Endpoint::Stream { .. } => None,
+        })
+    }
+
+    fn close_visitor(&mut self, visitor: LocalId) {
+        if let Some(conn) = self.visitor_slot.remove(&visitor)
+            && let Some(slot) = self.slots.get_mut(&conn)
+            && let Some(stream) = slot.visitors.stream_of(visitor)
+        {
+            slot.visitors.stream_reset(stream);
+            self.drain_visitor_outputs_no_mux(conn);
+            return;
+        }
+        self.outputs
+            .push_back(NodeOutput::Visitor(LocalOutput::Close {
+                local: visitor,
+                reset: true,
+            }));
+    }
+
+    fn drain_visitor_outputs(&mut self, _now: Instant, conn: ConnId) {
+        self.drain_visitor_outputs_no_mux(conn);
+        self.dirty.insert(conn);
+    }
+
+    fn drain_visitor_outputs_no_mux(&mut self, conn: ConnId) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        while let Some(out) = slot.visitors.poll_output() {
+            if let LocalOutput::Close { local, .. } = out {
+                self.visitor_slot.remove(&local);
+            }
+            self.outputs.push_back(NodeOutput::Visitor(out));
+        }
+    }
+
+    /// Checks every session, the registry, the tunnel table and the visitor index.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.registry.check_invariants()?;
+        self.tunnels.check_invariants()?;
+        for (conn, slot) in &self.slots {
+            slot.session.check_invariants()?;
+            slot.visitors.check_invariants()?;
+            for visitor in slot.visitors.locals() {
+                if self.visitor_slot.get(&visitor) != Some(conn) {
+                    return Err(format!(
+                        "visitor {visitor} not indexed to connection {conn}"
+                    ));
+                }
+            }
+        }
+        for (visitor, conn) in &self.visitor_slot {
+            let held = self
+                .slots
+                .get(conn)
+                .is_some_and(|s| s.visitors.stream_of(*visitor).is_some());
+            if !held {
+                return Err(format!(
+                    "visitor index names {visitor} on {conn}, which does not hold it"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The clients a mapping concerns: its listen client (if any) and its target client.
+fn involved_clients(mapping: &Mapping) -> BTreeSet<ClientId> {
+    let mut clients = BTreeSet::new();
+    clients.insert(mapping.target_client);
+    if let Some(listen) = mapping.listen_client() {
+        clients.insert(listen);
+    }
+    clients
+}
+
+fn pb_protocol(p: crate::control::Protocol) -> i32 {
+    (match p {
+        crate::control::Protocol::Tcp => pb::Protocol::Tcp,
+        crate::control::Protocol::Udp => pb::Protocol::Udp,
+        crate::control::Protocol::Http => pb::Protocol::Http,
+        crate::control::Protocol::Socks5 => pb::Protocol::Socks5,
+    }) as i32
+}
+
+/// The configuration snapshot `client` must serve.
+pub fn config_for(state: &ControlState, client: ClientId, version: u64) -> pb::ConfigPush {
+    let mut mappings = Vec::new();
+    for m in state
+        .mappings_of(client)
+        .filter(|m| m.status == MappingStatus::Active)
+    {
+        let target = match &m.target {
+            Target::Fixed { host, port } => Some(pb::TargetAddr {
+                host: host.clone(),
+                port: u32::from(*port),
+            }),
+            Target::Dynamic => None,
+        };
+        let base = pb::MappingConfig {
+            mapping_id: m.id.as_str().to_owned(),
+            listen_side: false,
+            protocol: pb_protocol(m.protocol),
+            listen_addr: String::new(),
+            target,
+            bandwidth_limit_bytes_per_sec: m.options.bandwidth_bytes_per_sec,
+            compression: m.options.compression,
+            end_to_end_encryption: m.options.end_to_end_encryption,
+            allowed_source_cidrs: m
+                .options
+                .allowed_source_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect(),
+            max_connections: m.options.max_connections,
+        };
+        if let (Some(listen), Some(addr)) = (m.listen_client(), m.entry.listen_addr())
+            && listen == client
+        {
+            mappings.push(pb::MappingConfig {
+                listen_side: true,
+                listen_addr: addr.to_string(),
+                ..base.clone()
+            });
+        }
+        if m.target_client == client {
+            mappings.push(base);
+        }
+    }
+    pb::ConfigPush { version, mappings }
+}

@@ -1,0 +1,69 @@
+//! The durable control state a node serves: users, clients and mappings.
+
+use std::collections::BTreeMap;
+
+use crate::control::{ClientId, ClientRecord, Entry, Mapping, MappingId, User, UserId};
+
+/// Everything a node must find again after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ControlState {
+    /// Users by id.
+    pub users: BTreeMap<UserId, User>,
+    /// Clients by id.
+    pub clients: BTreeMap<ClientId, ClientRecord>,
+    /// Mappings by id.
+    pub mappings: BTreeMap<MappingId, Mapping>,
+}
+
+/// One durable change, emitted by the node for its storage to apply in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// Insert or replace a user.
+    PutUser(User),
+    /// Insert or replace a client.
+    PutClient(ClientRecord),
+    /// Insert or replace a mapping.
+    PutMapping(Mapping),
+    /// Remove a mapping.
+    DeleteMapping(MappingId),
+}
+
+impl ControlState {
+    /// Applies one change (what storage does, and what a restarted node replays).
+    pub fn apply(&mut self, change: &StateChange) {
+        match change {
+            StateChange::PutUser(user) => {
+                self.users.insert(user.id, user.clone());
+            }
+            StateChange::PutClient(client) => {
+                self.clients.insert(client.id, client.clone());
+            }
+            StateChange::PutMapping(mapping) => {
+                self.mappings.insert(mapping.id.clone(), mapping.clone());
+            }
+            StateChange::DeleteMapping(id) => {
+                self.mappings.remove(id);
+            }
+        }
+    }
+
+    /// Mappings in which `client` takes part (as listen or target side).
+    pub fn mappings_of(&self, client: ClientId) -> impl Iterator<Item = &Mapping> {
+        self.mappings.values().filter(move |m| m.involves(client))
+    }
+
+    /// Mappings owned by `owner`.
+    pub fn mappings_owned_by(&self, owner: UserId) -> usize {
+        self.mappings
+            .values()
+            .filter(|m| m.owner == Some(owner))
+            .count()
+    }
+
+    /// The mapping served on node port `port`.
+    pub fn mapping_on_node_port(&self, port: u16) -> Option<&Mapping> {
+        self.mappings
+            .values()
+            .find(|m| matches!(m.entry, Entry::NodePort { port: p, .. } if p == port))
+    }
+}

@@ -1,0 +1,441 @@
+//! A node, a listen agent, a target agent and echo services wired in memory: the whole data path
+//! of client-port and node-port mappings, with no runtime at all.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use tunnox_core::agent::{Agent, AgentConfig, AgentOutput, AttemptId, DIAL_ID_BASE};
+use tunnox_core::control::{
+    ClientId, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol, Target,
+    UnixMillis,
+};
+use tunnox_core::node::{ConnId, ControlState, Node, NodeConfig, NodeOutput};
+use tunnox_core::relay::{LocalId, LocalOutput};
+use tunnox_core::rng::Rng;
+use tunnox_core::session::{AuthKey, ClientIdentity, CloseReason};
+use tunnox_core::time::Instant;
+use tunnox_core::tunnel::{DialFailure, OpenError};
+
+const WALL: UnixMillis = UnixMillis(1_700_000_000_000);
+
+/// What a visitor socket saw.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct VisitorView {
+    received: Vec<u8>,
+    finished: bool,
+    closed: Option<bool>,
+    open_failed: Option<OpenError>,
+}
+
+struct World {
+    now: Instant,
+    node: Node,
+    agents: Vec<Agent>,
+    conn_of: BTreeMap<(usize, AttemptId), ConnId>,
+    attempt_of: BTreeMap<ConnId, (usize, AttemptId)>,
+    next_conn: ConnId,
+    /// Visitors at agents, by (agent, local id); node-port visitors under agent usize::MAX.
+    visitors: BTreeMap<(usize, LocalId), VisitorView>,
+    /// Whether target dials succeed.
+    target_up: bool,
+    stopped: Vec<(usize, CloseReason)>,
+}
+
+const NODE_SIDE: usize = usize::MAX;
+
+impl World {
+    fn new() -> World {
+        let node = Node::new(
+            Instant::ZERO,
+            WALL,
+            NodeConfig::new("node-1"),
+            ControlState::default(),
+            Rng::seed_from_u64(1),
+        );
+        World {
+            now: Instant::ZERO,
+            node,
+            agents: Vec::new(),
+            conn_of: BTreeMap::new(),
+            attempt_of: BTreeMap::new(),
+            next_conn: 1,
+            visitors: BTreeMap::new(),
+            target_up: true,
+            stopped: Vec::new(),
+        }
+    }
+
+    fn add_agent(&mut self, client: ClientId, key: AuthKey) -> usize {
+        let config = AgentConfig::new(
+            ClientIdentity::Login {
+                client_id: client.0,
+                key,
+            },
+            1,
+        );
+        self.agents.push(Agent::new(
+            self.now,
+            config,
+            Rng::seed_from_u64(10 + self.agents.len() as u64),
+        ));
+        self.agents.len() - 1
+    }
+
+    fn mapping(&mut self, entry: Entry, target_client: ClientId, seed: u64) -> MappingId {
+        let id = MappingId::generate(&mut Rng::seed_from_u64(seed));
+        let mapping = Mapping {
+            id: id.clone(),
+            owner: None,
+            entry,
+            target_client,
+            target: Target::Fixed {
+                host: "127.0.0.1".into(),
+                port: 7,
+            },
+            protocol: Protocol::Tcp,
+            options: MappingOptions::default(),
+            created_at: WALL,
+            expires_at: None,
+            status: MappingStatus::Active,
+        };
+        self.node.put_mapping(self.now, mapping).unwrap();
+        id
+    }
+
+    /// Runs until nothing moves.
+    fn settle(&mut self) {
+        for _ in 0..100_000 {
+            if !self.step() {
+                self.node.check_invariants().unwrap();
+                for a in &self.agents {
+                    a.check_invariants().unwrap();
+                }
+                return;
+            }
+        }
+        panic!("world never settled");
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((conn, t)) = self.node.poll_transmit() {
+            moved = true;
+            let mut buf = BytesMut::new();
+            t.write_to(&mut buf);
+            if let Some(&(agent, attempt)) = self.attempt_of.get(&conn) {
+                self.agents[agent].connection_bytes(self.now, attempt, &buf);
+            }
+        }
+        for i in 0..self.agents.len() {
+            while let Some((attempt, t)) = self.agents[i].poll_transmit() {
+                moved = true;
+                let mut buf = BytesMut::new();
+                t.write_to(&mut buf);
+                if let Some(&conn) = self.conn_of.get(&(i, attempt)) {
+                    self.node.connection_bytes(self.now, conn, &buf);
+                }
+            }
+            while let Some(out) = self.agents[i].poll_output() {
+                moved = true;
+                self.on_agent_output(i, out);
+            }
+        }
+        while let Some(out) = self.node.poll_output() {
+            moved = true;
+            self.on_node_output(out);
+        }
+        moved
+    }
+
+    fn on_agent_output(&mut self, i: usize, out: AgentOutput) {
+        let now = self.now;
+        match out {
+            AgentOutput::Connect { attempt, .. } => {
+                let conn = self.next_conn;
+                self.next_conn += 1;
+                self.conn_of.insert((i, attempt), conn);
+                self.attempt_of.insert(conn, (i, attempt));
+                self.node.accept_connection(now, conn);
+                self.agents[i].connected(now, attempt);
+            }
+            AgentOutput::CloseConnection { attempt } => {
+                if let Some(conn) = self.conn_of.remove(&(i, attempt)) {
+                    self.attempt_of.remove(&conn);
+                    self.node.connection_closed(now, conn);
+                }
+            }
+            AgentOutput::Dial { local, .. } => {
+                let result = if self.target_up {
+                    Ok(())
+                } else {
+                    Err(DialFailure::Refused)
+                };
+                self.agents[i].dial_result(now, local, result);
+            }
+            AgentOutput::Local(LocalOutput::Write { local, bytes }) => {
+                let n = bytes.len();
+                if local >= DIAL_ID_BASE {
+                    // The echo service answers with the same bytes.
+                    let taken = self.agents[i].local_data(now, local, bytes);
+                    assert_eq!(taken, n, "echo back-pressure is not modelled here");
+                } else {
+                    self.visitors
+                        .entry((i, local))
+                        .or_default()
+                        .received
+                        .extend_from_slice(&bytes);
+                }
+                self.agents[i].local_flushed(now, local, n);
+            }
+            AgentOutput::Local(LocalOutput::Finish { local }) => {
+                if local >= DIAL_ID_BASE {
+                    self.agents[i].local_eof(now, local);
+                } else {
+                    self.visitors.entry((i, local)).or_default().finished = true;
+                }
+            }
+            AgentOutput::Local(LocalOutput::Close { local, reset }) if local < DIAL_ID_BASE => {
+                self.visitors.entry((i, local)).or_default().closed = Some(reset);
+            }
+            AgentOutput::OpenFailed { local, error, .. } => {
+                self.visitors.entry((i, local)).or_default().open_failed = Some(error);
+            }
+            AgentOutput::Stopped { reason } => self.stopped.push((i, reason)),
+            _ => {}
+        }
+    }
+
+    fn on_node_output(&mut self, out: NodeOutput) {
+        let now = self.now;
+        match out {
+            NodeOutput::CloseConnection { conn } => {
+                // Flush what the node still has for this connection, then close it.
+                while let Some(t) = self.node.poll_transmit_for(conn) {
+                    let mut buf = BytesMut::new();
+                    t.write_to(&mut buf);
+                    if let Some(&(agent, attempt)) = self.attempt_of.get(&conn) {
+                        self.agents[agent].connection_bytes(now, attempt, &buf);
+                    }
+                }
+                if let Some((agent, attempt)) = self.attempt_of.remove(&conn) {
+                    self.conn_of.remove(&(agent, attempt));
+                    self.agents[agent].connection_closed(now, attempt);
+                }
+                self.node.connection_closed(now, conn);
+            }
+            NodeOutput::Visitor(LocalOutput::Write { local, bytes }) => {
+                let n = bytes.len();
+                self.visitors
+                    .entry((NODE_SIDE, local))
+                    .or_default()
+                    .received
+                    .extend_from_slice(&bytes);
+                self.node.visitor_flushed(now, local, n);
+            }
+            NodeOutput::Visitor(LocalOutput::Finish { local }) => {
+                self.visitors
+                    .entry((NODE_SIDE, local))
+                    .or_default()
+                    .finished = true;
+            }
+            NodeOutput::Visitor(LocalOutput::Close { local, reset }) => {
+                self.visitors.entry((NODE_SIDE, local)).or_default().closed = Some(reset);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn random(seed: u64, len: usize) -> Bytes {
+    let mut v = vec![0u8; len];
+    Rng::seed_from_u64(seed).fill(&mut v);
+    Bytes::from(v)
+}
+
+/// A world with listen client A (agent 0) and target client B (agent 1), both online.
+fn two_clients() -> (World, ClientId, ClientId) {
+    let mut w = World::new();
+    let (a, secret_a) = w.node.create_client(w.now, None, "listen").unwrap();
+    let (b, secret_b) = w.node.create_client(w.now, None, "target").unwrap();
+    w.add_agent(a, secret_a.auth_key());
+    w.add_agent(b, secret_b.auth_key());
+    w.settle();
+    assert!(w.agents.iter().all(Agent::is_established));
+    assert_eq!(w.node.online_clients(), 2);
+    (w, a, b)
+}
+
+#[test]
+fn client_port_mapping_echoes_byte_exact_and_closes_cleanly() {
+    let (mut w, a, b) = two_clients();
+    let id = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.settle();
+    assert_eq!(
+        w.agents[0].listening().collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    let now = w.now;
+    w.agents[0].visitor_accepted(now, id.as_str(), 1, Some("192.0.2.1:5000".parse().unwrap()));
+    let data = random(1, 300_000);
+    let mut offset = 0;
+    while offset < data.len() {
+        let taken = w.agents[0].local_data(now, 1, data.slice(offset..));
+        offset += taken;
+        w.settle();
+    }
+    w.agents[0].local_eof(now, 1);
+    w.settle();
+    let view = &w.visitors[&(0, 1)];
+    assert_eq!(view.received.len(), data.len());
+    assert!(view.received == data, "echo differs");
+    assert!(view.finished);
+    assert_eq!(view.closed, Some(false), "clean close after both FINs");
+    assert_eq!(w.node.tunnel_count(), 0, "tunnel closed");
+    assert_eq!(w.node.stream_count(), 0, "no stream leaked");
+    assert_eq!(w.agents[0].relay_count() + w.agents[1].relay_count(), 0);
+}
+
+#[test]
+fn node_port_mapping_and_many_concurrent_visitors() {
+    let (mut w, a, b) = two_clients();
+    let client_port = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.mapping(
+        Entry::NodePort {
+            port: 8080,
+            bind: None,
+        },
+        b,
+        2,
+    );
+    w.settle();
+    let now = w.now;
+    let mut sent = BTreeMap::new();
+    for v in 0..50u64 {
+        let data = random(100 + v, 1 + (v as usize * 997) % 40_000);
+        if v % 2 == 0 {
+            w.agents[0].visitor_accepted(now, client_port.as_str(), v, None);
+            assert_eq!(w.agents[0].local_data(now, v, data.clone()), data.len());
+            w.agents[0].local_eof(now, v);
+            sent.insert((0, v), data);
+        } else {
+            w.node
+                .visitor_accepted(now, 8080, v, Some("198.51.100.9:1000".parse().unwrap()));
+            assert_eq!(w.node.visitor_data(now, v, data.clone()), data.len());
+            w.node.visitor_eof(now, v);
+            sent.insert((NODE_SIDE, v), data);
+        }
+    }
+    w.settle();
+    for (key, data) in &sent {
+        let view = &w.visitors[key];
+        assert!(
+            view.received == *data,
+            "visitor {key:?} got {} of {} bytes",
+            view.received.len(),
+            data.len()
+        );
+        assert!(view.finished, "visitor {key:?} not finished");
+    }
+    assert_eq!(w.node.tunnel_count(), 0);
+    assert_eq!(w.node.stream_count(), 0);
+}
+
+#[test]
+fn target_down_gives_the_visitor_a_clean_typed_refusal() {
+    let (mut w, a, b) = two_clients();
+    let id = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.settle();
+    w.target_up = false;
+    let now = w.now;
+    w.agents[0].visitor_accepted(now, id.as_str(), 1, None);
+    w.agents[0].local_data(now, 1, Bytes::from_static(b"hello?"));
+    w.settle();
+    let view = &w.visitors[&(0, 1)];
+    assert_eq!(view.open_failed, Some(OpenError::DialRefused));
+    assert_eq!(view.closed, Some(true));
+    assert!(view.received.is_empty());
+    assert_eq!(w.node.tunnel_count(), 0);
+}
+
+#[test]
+fn unknown_mapping_offline_target_and_wrong_secret() {
+    let (mut w, a, b) = two_clients();
+    let id = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.settle();
+    // The target client goes away: new visitors are refused with TargetOffline.
+    let now = w.now;
+    assert!(w.node.kick_client(now, b));
+    w.settle();
+    assert!(
+        w.agents[1].is_stopped(),
+        "a kicked client does not come back by itself"
+    );
+    w.agents[0].visitor_accepted(now, id.as_str(), 1, None);
+    w.settle();
+    assert_eq!(
+        w.visitors[&(0, 1)].open_failed,
+        Some(OpenError::TargetOffline)
+    );
+
+    // A client with a wrong secret stops with a typed refusal.
+    let (c, _) = w.node.create_client(now, None, "c").unwrap();
+    let agent = w.add_agent(c, AuthKey::derive("not the secret"));
+    w.settle();
+    assert!(w.agents[agent].is_stopped());
+    assert!(matches!(w.stopped.last(), Some((i, CloseReason::Refused { .. })) if *i == agent));
+}
+
+#[test]
+fn deleting_a_mapping_resets_its_tunnels_and_stops_the_listener() {
+    let (mut w, a, b) = two_clients();
+    let id = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.settle();
+    let now = w.now;
+    w.agents[0].visitor_accepted(now, id.as_str(), 1, None);
+    w.agents[0].local_data(now, 1, Bytes::from_static(b"ping"));
+    w.settle();
+    assert_eq!(w.node.tunnel_count(), 1);
+    w.node.delete_mapping(now, &id).unwrap();
+    w.settle();
+    assert_eq!(w.node.tunnel_count(), 0);
+    assert_eq!(w.visitors[&(0, 1)].closed, Some(true));
+    assert_eq!(w.agents[0].listening().count(), 0);
+    assert_eq!(w.node.stream_count(), 0);
+}
