@@ -8,8 +8,6 @@
 //! runtime and must be below [`DIAL_ID_BASE`]; ids of target connections are chosen here, from
 //! [`DIAL_ID_BASE`] up.
 
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 

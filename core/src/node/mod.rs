@@ -7,8 +7,6 @@
 //! bytes to write with `poll_transmit` and everything else with `poll_output`.
 
 mod state;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
