@@ -8,7 +8,6 @@
 //! runtime and must be below [`DIAL_ID_BASE`]; ids of target connections are chosen here, from
 //! [`DIAL_ID_BASE`] up.
 
-
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;

@@ -129,6 +129,8 @@ pub struct Mux {
     pings: VecDeque<(u32, Instant)>,
     next_ping_nonce: u32,
     smoothed_rtt: Option<Duration>,
+    /// The latest time seen in any input (for grants made outside a timed call).
+    last_now: Instant,
     stats: MuxStats,
 }
 
@@ -155,6 +157,7 @@ impl Mux {
             pings: VecDeque::new(),
             next_ping_nonce: 1,
             smoothed_rtt: None,
+            last_now: Instant::ZERO,
             stats: MuxStats::default(),
             config,
         }
@@ -423,6 +426,7 @@ impl Mux {
 
     /// Processes one frame from the peer. An error is fatal: send GOAWAY and close.
     pub fn handle_frame(&mut self, now: Instant, frame: Frame) -> Result<(), MuxError> {
+        self.last_now = self.last_now.max(now);
         self.stats.frames_received += 1;
         match frame {
             Frame::Data { stream, payload } => self.on_data(stream, payload)?,
@@ -508,12 +512,12 @@ impl Mux {
         let Some(s) = self.streams.get_mut(&stream) else {
             self.check_stale(crate::wire::FrameType::Data, stream)?;
             // The peer spent session credit on a stream we closed: give it back.
-            self.recv_session.pending += n;
+            self.return_session_credit(n);
             return Ok(());
         };
         if s.fin_received || s.recv.receive(n).is_err() {
             // DATA after FIN, or over the stream's credit: the peer broke this stream.
-            self.recv_session.pending += n;
+            self.return_session_credit(n);
             self.control.push_back(Frame::Rst {
                 stream,
                 reason: ResetReason::FlowControl,
@@ -814,7 +818,16 @@ impl Mux {
         }
         // Unread bytes are dropped; their session credit goes back to the peer.
         self.recv_session_buffered -= s.recv_buffered;
-        self.recv_session.pending += s.recv_buffered;
+        self.return_session_credit(s.recv_buffered);
+    }
+
+    /// Session credit of bytes dropped unread goes back to the peer like read bytes do; without
+    /// this, dropped bytes that filled the session window would stall the session for good.
+    fn return_session_credit(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.recv_session.pending += bytes;
+            self.grant_session_credit(self.last_now);
+        }
     }
 
     // ----- checks -----
