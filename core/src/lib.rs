@@ -10,6 +10,7 @@ pub mod control;
 pub mod digest;
 pub mod mux;
 pub mod node;
+pub mod planted;
 pub mod relay;
 pub mod rng;
 pub mod session;

@@ -795,6 +795,13 @@ impl Mux {
     }
 
     fn push_window(&mut self, stream: StreamId, mut increment: u64) {
+        if stream != 0
+            && crate::planted::active(crate::planted::PlantedBug::DropWindowUpdate)
+            && self.stats.window_updates_sent % 3 == 2
+        {
+            self.stats.window_updates_sent += 1;
+            return;
+        }
         // Increments above u32::MAX (only possible with huge configured windows) go in pieces.
         while increment > 0 {
             let piece = increment.min(u64::from(u32::MAX));

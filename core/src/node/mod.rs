@@ -1036,6 +1036,9 @@ impl Node {
                         .push_back(NodeOutput::Notice(Notice::OpenRefused { error, message }));
                 }
                 TunnelAction::Finish { endpoint } => match endpoint {
+                    Endpoint::Stream { .. }
+                        if crate::planted::active(crate::planted::PlantedBug::FinNotPropagated) => {
+                    }
                     Endpoint::Stream { session, stream } => {
                         if let Some(mux) =
                             self.slots.get_mut(&session).and_then(|s| s.session.mux())

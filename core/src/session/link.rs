@@ -118,7 +118,11 @@ impl Conn {
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         let link = self.link.as_ref()?;
-        let dead_at = link.last_received_at + link.heartbeat.timeout;
+        let mut dead_after = link.heartbeat.timeout;
+        if crate::planted::active(crate::planted::PlantedBug::HeartbeatTimeoutOffByOne) {
+            dead_after = dead_after.saturating_sub(link.heartbeat.interval);
+        }
+        let dead_at = link.last_received_at + dead_after;
         earliest(
             Some(earliest(Some(dead_at), Some(link.next_ping_at))?),
             link.drain_deadline,
@@ -130,7 +134,11 @@ impl Conn {
         let Some(link) = self.link.as_mut() else {
             return Ok(());
         };
-        if now >= link.last_received_at + link.heartbeat.timeout {
+        let mut dead_after = link.heartbeat.timeout;
+        if crate::planted::active(crate::planted::PlantedBug::HeartbeatTimeoutOffByOne) {
+            dead_after = dead_after.saturating_sub(link.heartbeat.interval);
+        }
+        if now >= link.last_received_at + dead_after {
             return Err((
                 CloseReason::HeartbeatTimeout,
                 GoAwayReason::HeartbeatTimeout,

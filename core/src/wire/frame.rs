@@ -181,10 +181,16 @@ impl Frame {
             Frame::ConfigPush(m) => (0, 0, None, encode_message(m)),
             Frame::ConfigAck(m) => (0, 0, None, encode_message(m)),
         };
-        let length_or_value = match value {
+        let mut length_or_value = match value {
             Some(v) => v,
             None => u32::try_from(payload.len()).unwrap_or(u32::MAX),
         };
+        if matches!(self, Frame::Data { .. })
+            && payload.len() > 1024
+            && crate::planted::active(crate::planted::PlantedBug::FrameLengthOffByOne)
+        {
+            length_or_value -= 1;
+        }
         let header = Header {
             frame_type: self.frame_type(),
             flags,
