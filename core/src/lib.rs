@@ -7,6 +7,7 @@
 
 pub mod control;
 pub mod digest;
+pub mod fuzzing;
 pub mod mux;
 pub mod rng;
 pub mod session;
