@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod control;
 pub mod digest;
+pub mod fuzzing;
 pub mod mux;
 pub mod node;
 pub mod planted;
