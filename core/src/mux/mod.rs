@@ -704,10 +704,15 @@ impl Mux {
         }
     }
 
+    /// Puts every stream with something to send on the ready queue (after session credit
+    /// returns). Allocation-free: the ready queue keeps its capacity.
     fn reschedule_all(&mut self) {
-        let ids: Vec<StreamId> = self.streams.keys().copied().collect();
-        for id in ids {
-            self.schedule(id);
+        let credit = self.send_session_credit;
+        for (id, s) in self.streams.iter_mut() {
+            if !s.in_ready_queue && s.lifecycle != Lifecycle::Incoming && s.sendable(credit) {
+                s.in_ready_queue = true;
+                self.ready.push_back(*id);
+            }
         }
     }
 
