@@ -104,6 +104,25 @@ pub struct MuxStats {
     pub resets_received: u64,
 }
 
+impl MuxStats {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &MuxStats) {
+        self.frames_sent += other.frames_sent;
+        self.frames_received += other.frames_received;
+        self.data_bytes_sent += other.data_bytes_sent;
+        self.data_bytes_received += other.data_bytes_received;
+        self.streams_opened += other.streams_opened;
+        self.streams_accepted += other.streams_accepted;
+        self.opens_refused_by_limit += other.opens_refused_by_limit;
+        self.window_updates_sent += other.window_updates_sent;
+        self.window_growths += other.window_growths;
+        self.credit_exhausted += other.credit_exhausted;
+        self.stale_frames += other.stale_frames;
+        self.resets_sent += other.resets_sent;
+        self.resets_received += other.resets_received;
+    }
+}
+
 /// How many unanswered pings are remembered for RTT measurement.
 const MAX_OUTSTANDING_PINGS: usize = 8;
 

@@ -102,6 +102,8 @@ pub enum Notice {
     ClientOffline {
         /// The client.
         client: ClientId,
+        /// Its connection.
+        conn: ConnId,
         /// Why.
         reason: CloseReason,
     },
@@ -770,7 +772,11 @@ impl Node {
             Some(client) => {
                 self.registry.unregister(client.0, conn);
                 self.outputs
-                    .push_back(NodeOutput::Notice(Notice::ClientOffline { client, reason }));
+                    .push_back(NodeOutput::Notice(Notice::ClientOffline {
+                        client,
+                        conn,
+                        reason,
+                    }));
             }
             None => self
                 .outputs
@@ -1120,6 +1126,29 @@ impl Node {
             }
             self.outputs.push_back(NodeOutput::Visitor(out));
         }
+    }
+
+    /// Sum of the stream-layer counters of every live session (for metrics and coverage).
+    pub fn mux_stats(&self) -> crate::mux::MuxStats {
+        let mut total = crate::mux::MuxStats::default();
+        for mux in self.slots.values().filter_map(|s| s.session.mux_ref()) {
+            total.add(mux.stats());
+        }
+        total
+    }
+
+    /// A cheap fingerprint of the node's state.
+    pub fn digest(&self) -> u64 {
+        let mut h = crate::digest::Fnv64::new();
+        h.write_u64(self.slots.len() as u64);
+        for (conn, slot) in &self.slots {
+            h.write_u64(*conn);
+            h.write_u64(slot.session.mux_ref().map_or(0, |m| m.digest()));
+        }
+        h.write_u64(self.tunnels.len() as u64);
+        h.write_u64(self.registry.len() as u64);
+        h.write_u64(self.config_version);
+        h.finish()
     }
 
     /// Checks every session, the registry, the tunnel table and the visitor index.
