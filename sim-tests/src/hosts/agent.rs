@@ -1,0 +1,348 @@
+//! A tunnox client as a simulated host: the sans-IO `Agent`, its saved credentials (durable),
+//! its session connection to the node, mapping listeners for visitors, and connections it dials
+//! to target services.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+use tunnox_core::agent::{Agent, AgentConfig, AgentOutput, AttemptId};
+use tunnox_core::relay::{LocalId, LocalOutput};
+use tunnox_core::rng::Rng;
+use tunnox_core::session::{AuthKey, ClientIdentity, CloseReason};
+use tunnox_core::tunnel::DialFailure;
+use tunnox_runtime_sim::{ConnId, ConnectFailReason, Host, HostCtx, HostEvent, HostId, Instant, Port};
+
+use super::node::{CLIENT_PORT, close_kind};
+
+#[derive(Debug, Default)]
+struct LocalIn {
+    local: LocalId,
+    pending: VecDeque<Bytes>,
+    eof: bool,
+}
+
+/// Counters of an agent host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentTally {
+    /// Sessions established (reconnects included).
+    pub sessions: u64,
+    /// Session losses by reason.
+    pub disconnects: BTreeMap<&'static str, u64>,
+    /// Visitor opens refused.
+    pub opens_failed: u64,
+    /// Dials to target services.
+    pub dials: u64,
+}
+
+/// The agent host (see the module docs).
+#[derive(Debug)]
+pub struct AgentHost {
+    config: AgentConfig,
+    rng: Rng,
+    node: HostId,
+    /// Service host names the target side may dial.
+    resolver: BTreeMap<String, HostId>,
+    agent: Option<Agent>,
+    attempts: BTreeMap<ConnId, AttemptId>,
+    attempt_conn: BTreeMap<AttemptId, ConnId>,
+    listeners: BTreeMap<Port, String>,
+    mapping_port: BTreeMap<String, Port>,
+    locals: BTreeMap<ConnId, LocalIn>,
+    local_conn: BTreeMap<LocalId, ConnId>,
+    dialing: BTreeMap<ConnId, LocalId>,
+    stopped: Option<CloseReason>,
+    tally: AgentTally,
+}
+
+impl AgentHost {
+    /// An agent logging in as `client_id` with `key`, connecting to `node`.
+    pub fn new(config: AgentConfig, node: HostId, resolver: BTreeMap<String, HostId>, rng: Rng) -> AgentHost {
+        AgentHost {
+            config,
+            rng,
+            node,
+            resolver,
+            agent: None,
+            attempts: BTreeMap::new(),
+            attempt_conn: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            mapping_port: BTreeMap::new(),
+            locals: BTreeMap::new(),
+            local_conn: BTreeMap::new(),
+            dialing: BTreeMap::new(),
+            stopped: None,
+            tally: AgentTally::default(),
+        }
+    }
+
+    /// The running agent (None while crashed).
+    pub fn agent(&self) -> Option<&Agent> {
+        self.agent.as_ref()
+    }
+
+    /// Why the agent gave up, if it did.
+    pub fn stopped(&self) -> Option<&CloseReason> {
+        self.stopped.as_ref()
+    }
+
+    /// Counters.
+    pub fn tally(&self) -> &AgentTally {
+        &self.tally
+    }
+
+    /// Local connections (visitors and dialled targets) open now.
+    pub fn local_count(&self) -> usize {
+        self.locals.len() + self.dialing.len()
+    }
+
+    fn start(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        self.agent = Some(Agent::new(now, self.config.clone(), self.rng.fork()));
+        self.flush(now, ctx);
+    }
+
+    fn feed(&mut self, now: Instant, conn: ConnId) {
+        let Some(agent) = self.agent.as_mut() else { return };
+        let Some(l) = self.locals.get_mut(&conn) else { return };
+        while let Some(front) = l.pending.pop_front() {
+            let taken = agent.local_data(now, l.local, front.clone());
+            if taken < front.len() {
+                l.pending.push_front(front.slice(taken..));
+                return;
+            }
+        }
+        if l.eof {
+            l.eof = false;
+            agent.local_eof(now, l.local);
+        }
+    }
+
+    fn forget_local(&mut self, local: LocalId) -> Option<ConnId> {
+        let conn = self.local_conn.remove(&local)?;
+        self.locals.remove(&conn);
+        Some(conn)
+    }
+
+    fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        loop {
+            let Some(agent) = self.agent.as_mut() else { return };
+            if let Some((attempt, t)) = agent.poll_transmit() {
+                if let Some(conn) = self.attempt_conn.get(&attempt) {
+                    let mut buf = BytesMut::with_capacity(t.len());
+                    t.write_to(&mut buf);
+                    let _ = ctx.send(*conn, buf.freeze());
+                }
+                continue;
+            }
+            let Some(out) = agent.poll_output() else { return };
+            self.on_output(now, out, ctx);
+        }
+    }
+
+    fn on_output(&mut self, now: Instant, out: AgentOutput, ctx: &mut HostCtx<'_>) {
+        match out {
+            AgentOutput::Connect { attempt, .. } => {
+                let conn = ctx.connect(self.node, CLIENT_PORT);
+                self.attempts.insert(conn, attempt);
+                self.attempt_conn.insert(attempt, conn);
+            }
+            AgentOutput::CloseConnection { attempt } => {
+                if let Some(conn) = self.attempt_conn.remove(&attempt) {
+                    self.attempts.remove(&conn);
+                    let _ = ctx.close(conn);
+                }
+            }
+            AgentOutput::Listen { mapping, addr, .. } => {
+                let port = addr.rsplit(':').next().and_then(|p| p.parse::<Port>().ok());
+                if let Some(port) = port
+                    && ctx.listen(port).is_ok()
+                {
+                    self.listeners.insert(port, mapping.clone());
+                    self.mapping_port.insert(mapping, port);
+                }
+            }
+            AgentOutput::StopListening { mapping } => {
+                if let Some(port) = self.mapping_port.remove(&mapping) {
+                    self.listeners.remove(&port);
+                    ctx.unlisten(port);
+                }
+            }
+            AgentOutput::Dial { local, host, port } => {
+                self.tally.dials += 1;
+                match self.resolver.get(&host) {
+                    Some(target) => {
+                        let conn = ctx.connect(*target, port);
+                        self.dialing.insert(conn, local);
+                    }
+                    None => {
+                        if let Some(agent) = self.agent.as_mut() {
+                            agent.dial_result(now, local, Err(DialFailure::Dns));
+                        }
+                    }
+                }
+            }
+            AgentOutput::Local(out) => self.on_local_output(now, out, ctx),
+            AgentOutput::SaveCredentials { client_id, secret } => {
+                self.config.session.identity = ClientIdentity::Login {
+                    client_id: client_id.0,
+                    key: AuthKey::derive(&secret),
+                };
+            }
+            AgentOutput::Established { .. } => {
+                self.tally.sessions += 1;
+                ctx.count("agent_session_established");
+                if self.tally.sessions > 1 {
+                    ctx.count("reconnected");
+                }
+            }
+            AgentOutput::Disconnected { reason, .. } => {
+                *self.tally.disconnects.entry(close_kind(&reason)).or_insert(0) += 1;
+                ctx.count("agent_disconnected");
+            }
+            AgentOutput::Stopped { reason } => self.stopped = Some(reason),
+            AgentOutput::OpenFailed { .. } => self.tally.opens_failed += 1,
+        }
+    }
+
+    fn on_local_output(&mut self, now: Instant, out: LocalOutput, ctx: &mut HostCtx<'_>) {
+        match out {
+            LocalOutput::Write { local, bytes } => {
+                let n = bytes.len();
+                if let Some(conn) = self.local_conn.get(&local) {
+                    let _ = ctx.send(*conn, bytes);
+                }
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.local_flushed(now, local, n);
+                }
+            }
+            LocalOutput::Finish { local } => {
+                if let Some(conn) = self.local_conn.get(&local) {
+                    let _ = ctx.shutdown_write(*conn);
+                }
+            }
+            LocalOutput::Close { local, reset } => {
+                if let Some(conn) = self.forget_local(local) {
+                    let _ = if reset { ctx.reset(conn) } else { ctx.close(conn) };
+                }
+            }
+            LocalOutput::ResumeRead { local } => {
+                if let Some(conn) = self.local_conn.get(&local).copied() {
+                    self.feed(now, conn);
+                }
+            }
+        }
+    }
+}
+
+impl Host for AgentHost {
+    fn on_event(&mut self, now: Instant, event: HostEvent, ctx: &mut HostCtx<'_>) {
+        if self.agent.is_none() && !matches!(event, HostEvent::Started) {
+            return;
+        }
+        match event {
+            HostEvent::Started => return self.start(now, ctx),
+            HostEvent::Timer => {
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.handle_timeout(now);
+                }
+            }
+            HostEvent::Connected { conn } => {
+                if let Some(agent) = self.agent.as_mut() {
+                    if let Some(attempt) = self.attempts.get(&conn) {
+                        agent.connected(now, *attempt);
+                    } else if let Some(local) = self.dialing.remove(&conn) {
+                        self.locals.insert(conn, LocalIn { local, ..LocalIn::default() });
+                        self.local_conn.insert(local, conn);
+                        agent.dial_result(now, local, Ok(()));
+                    }
+                }
+            }
+            HostEvent::ConnectFailed { conn, reason } => {
+                if let Some(agent) = self.agent.as_mut() {
+                    if let Some(attempt) = self.attempts.remove(&conn) {
+                        self.attempt_conn.remove(&attempt);
+                        agent.connect_failed(now, attempt);
+                    } else if let Some(local) = self.dialing.remove(&conn) {
+                        let failure = match reason {
+                            ConnectFailReason::Timeout => DialFailure::Timeout,
+                            ConnectFailReason::Refused | ConnectFailReason::Reset => DialFailure::Refused,
+                        };
+                        agent.dial_result(now, local, Err(failure));
+                    }
+                }
+            }
+            HostEvent::Accepted { listener_port, conn, peer } => {
+                let Some(mapping) = self.listeners.get(&listener_port).cloned() else {
+                    let _ = ctx.reset(conn);
+                    return;
+                };
+                let local = conn.0;
+                self.locals.insert(conn, LocalIn { local, ..LocalIn::default() });
+                self.local_conn.insert(local, conn);
+                let addr = core::net::SocketAddr::from(([10, 1, (peer.0 >> 8) as u8, peer.0 as u8], 50_000));
+                if let Some(agent) = self.agent.as_mut() {
+                    agent.visitor_accepted(now, &mapping, local, Some(addr));
+                }
+            }
+            HostEvent::Data { conn, bytes } => {
+                if let Some(attempt) = self.attempts.get(&conn) {
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.connection_bytes(now, *attempt, &bytes);
+                    }
+                } else if let Some(l) = self.locals.get_mut(&conn) {
+                    l.pending.push_back(bytes);
+                    self.feed(now, conn);
+                }
+            }
+            HostEvent::Eof { conn } | HostEvent::Reset { conn } if self.attempts.contains_key(&conn) => {
+                if let (Some(attempt), Some(agent)) = (self.attempts.remove(&conn), self.agent.as_mut()) {
+                    self.attempt_conn.remove(&attempt);
+                    agent.connection_closed(now, attempt);
+                }
+            }
+            HostEvent::Eof { conn } => {
+                if let Some(l) = self.locals.get_mut(&conn) {
+                    l.eof = true;
+                }
+                self.feed(now, conn);
+            }
+            HostEvent::Reset { conn } => {
+                if let Some(l) = self.locals.remove(&conn) {
+                    self.local_conn.remove(&l.local);
+                    if let Some(agent) = self.agent.as_mut() {
+                        agent.local_reset(now, l.local);
+                    }
+                }
+            }
+            HostEvent::Datagram { .. } => {}
+        }
+        self.flush(now, ctx);
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.agent.as_ref().and_then(Agent::poll_timeout)
+    }
+
+    fn crash(&mut self) {
+        self.agent = None;
+        self.attempts.clear();
+        self.attempt_conn.clear();
+        self.listeners.clear();
+        self.mapping_port.clear();
+        self.locals.clear();
+        self.local_conn.clear();
+        self.dialing.clear();
+    }
+
+    fn restart(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        self.start(now, ctx);
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        self.agent.as_ref().map_or(Ok(()), Agent::check_invariants)
+    }
+
+    fn digest(&self) -> u64 {
+        let streams = self.agent.as_ref().map_or(0, Agent::stream_count) as u64;
+        streams ^ (self.locals.len() as u64) << 20 ^ self.tally.sessions << 40
+    }
+}
