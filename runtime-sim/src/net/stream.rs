@@ -905,6 +905,42 @@ impl Network {
             .copied()
     }
 
+    /// One line per tracked connection: ends, their states and queued segments (for leak
+    /// reports).
+    pub(crate) fn describe_connections(&self) -> String {
+        let mut out = String::new();
+        for (key, c) in &self.conns {
+            let pipe = |d: usize| {
+                let p = &c.pipes[d];
+                format!(
+                    "{} segs/{} B{}{}",
+                    p.segs.len(),
+                    p.data_bytes,
+                    if p.armed { " armed" } else { "" },
+                    if p.stalled_since.is_some() {
+                        " stalled"
+                    } else {
+                        ""
+                    }
+                )
+            };
+            out.push_str(&format!(
+                "c{key}: {} {:?}{} -> {} {:?}{} port {}{} | fwd {} | back {}\n",
+                c.ends[0].host,
+                c.ends[0].state,
+                if c.ends[0].write_shut { " shut" } else { "" },
+                c.ends[1].host,
+                c.ends[1].state,
+                if c.ends[1].write_shut { " shut" } else { "" },
+                c.port,
+                if c.held { " held" } else { "" },
+                pipe(0),
+                pipe(1),
+            ));
+        }
+        out
+    }
+
     /// Releases every hold (heal).
     pub(crate) fn release_all(&mut self) {
         for c in self.conns.values_mut() {

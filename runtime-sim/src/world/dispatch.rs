@@ -8,8 +8,8 @@ use crate::stats::{CRASH_WITH_LIVE_CONNECTIONS, PAUSE_DEFERRED_EVENTS};
 use crate::trace::{TraceKind, fmt_time};
 use tunnox_core::time::Instant;
 
-/// After this many consecutive timers each followed by an already-due deadline, the host is
-/// judged to be spinning.
+/// After this many consecutive timers each followed by a request for a deadline no later than the
+/// one that just fired, the host is judged to be spinning.
 const TIMER_STREAK_MAX: u32 = 10_000;
 
 impl World {
@@ -209,8 +209,8 @@ impl World {
         }
         let want = slot.host.next_timer();
         if after_timer {
-            let local = slot.clock.local_at(now).max(slot.last_local);
-            if want.is_some_and(|d| d <= local) {
+            let fired = slot.timer_fired_deadline;
+            if want.is_some_and(|d| fired.is_some_and(|f| d <= f)) {
                 slot.timer_streak += 1;
                 if slot.timer_streak > TIMER_STREAK_MAX {
                     return Err(SimError::TimerLoop {
@@ -280,6 +280,7 @@ impl World {
             });
         }
         slot.timer_deadline = None;
+        slot.timer_fired_deadline = Some(deadline);
         self.stats.timers_fired += 1;
         self.dispatch(host, HostEvent::Timer)
     }

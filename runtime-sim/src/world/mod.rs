@@ -131,8 +131,11 @@ pub enum SimError {
         /// What the host asked for.
         deadline_ns: u64,
     },
-    /// A host keeps asking for a timer at or before now after each timer (livelock).
-    #[error("{host} ({name}) asked for an already-due timer {streak} times in a row at {time}")]
+    /// After each of many timers in a row the host asked again for a deadline no later than the
+    /// one that just fired (livelock).
+    #[error(
+        "{host} ({name}) re-asked for a timer without progress {streak} times in a row at {time}"
+    )]
     TimerLoop {
         /// The host.
         host: HostId,
@@ -181,7 +184,10 @@ struct HostSlot {
     timer_gen: u32,
     /// Local deadline of the queued timer event, if one is armed.
     timer_deadline: Option<Instant>,
-    /// Consecutive timers after which the host asked for an already-due timer.
+    /// Local deadline of the timer that fired last.
+    timer_fired_deadline: Option<Instant>,
+    /// Consecutive timers after which the host asked again for a deadline no later than the one
+    /// that just fired (no progress).
     timer_streak: u32,
     /// Last local time handed to the host (local time never goes backwards).
     last_local: Instant,
@@ -371,6 +377,7 @@ impl World {
             deferred: VecDeque::new(),
             timer_gen: 0,
             timer_deadline: None,
+            timer_fired_deadline: None,
             timer_streak: 0,
             last_local: Instant::ZERO,
         });
@@ -434,6 +441,11 @@ impl World {
     /// Connections the network still tracks (an end not yet forgotten by its host).
     pub fn live_connections(&self) -> usize {
         self.net.live_connections()
+    }
+
+    /// One line per connection still tracked: ends, states, queued bytes (for leak reports).
+    pub fn describe_connections(&self) -> String {
+        self.net.describe_connections()
     }
 
     /// Events waiting in the queue.
