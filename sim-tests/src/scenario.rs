@@ -125,7 +125,8 @@ impl Report {
             "events {}  invariant checks {}  checker runs {}  timer checks {}",
             s.events_processed, s.invariant_checks, s.checker_runs, s.timer_checks
         );
-        let _ = writeln!(out, "faults: {}", fmt_counts(&s.faults_injected_named()));
+        let faults: BTreeMap<String, u64> = s.faults_injected.iter().map(|(k, v)| (k.name().to_string(), *v)).collect();
+        let _ = writeln!(out, "faults: {}  (crashes {}, restarts {})", fmt_counts(&faults), s.crashes, s.restarts);
         let v = self.visitors;
         let _ = writeln!(
             out,
@@ -144,7 +145,7 @@ impl Report {
 
     /// Chaos coverage counters: states the run reached.
     pub fn coverage(&self) -> BTreeMap<String, u64> {
-        let mut c: BTreeMap<String, u64> = self.stats.counters().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut c: BTreeMap<String, u64> = self.stats.coverage.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         c.insert("window_exhausted".into(), self.window_exhausted);
         c.insert("stale_frames_ignored".into(), self.stale_frames);
         c.insert("visitor_streams_reset".into(), self.visitors.reset);
