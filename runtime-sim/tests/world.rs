@@ -121,6 +121,10 @@ fn partition_stalls_then_heals_with_data_in_flight() {
         "a short partition resets nothing"
     );
     assert_eq!(client(&world, c).completed, 1);
+    assert!(
+        client(&world, c).unsent_max > 10_000,
+        "bytes piled up behind the partition"
+    );
     assert_eq!(stats.faults(FaultKind::Partition), 1);
 }
 
