@@ -59,6 +59,23 @@ pub(crate) enum FaultStep {
 }
 
 impl WorldEvent {
+    /// A small tag and id identifying this event in the trace hash.
+    pub(crate) fn trace_tag(&self) -> (u8, u64) {
+        match self {
+            WorldEvent::Start { host } => (1, u64::from(host.0)),
+            WorldEvent::Timer { host, .. } => (2, u64::from(host.0)),
+            WorldEvent::Deliver { key, dir, .. } => (3, key << 1 | u64::from(*dir)),
+            WorldEvent::StallCheck { key, dir, .. } => (4, key << 1 | u64::from(*dir)),
+            WorldEvent::ConnectTimeout { key, .. } => (5, *key),
+            WorldEvent::Abort { conn, .. } => (6, conn.0),
+            WorldEvent::Datagram { to, to_port, .. } => {
+                (7, u64::from(to.0) << 16 | u64::from(*to_port))
+            }
+            WorldEvent::Fault { index, .. } => (8, u64::from(*index)),
+            WorldEvent::FaultStep { .. } => (9, 0),
+        }
+    }
+
     /// The host this event is for, if it should wait while that host is paused.
     pub(crate) fn target_host(&self) -> Option<HostId> {
         match self {

@@ -243,6 +243,12 @@ impl HostCtx<'_> {
         )
     }
 
+    /// Bytes sent on `conn` not yet delivered to the peer (to model a bounded send buffer);
+    /// `None` if `conn` is not this host's.
+    pub fn unsent_bytes(&self, conn: ConnId) -> Option<u64> {
+        self.net.unsent_bytes(self.me, conn)
+    }
+
     /// Half-close: the peer gets `Eof` after every byte already sent.
     pub fn shutdown_write(&mut self, conn: ConnId) -> Result<(), NetError> {
         self.net

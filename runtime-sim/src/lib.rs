@@ -7,6 +7,23 @@
 //! per-seed schedule generated up front; BUGGIFY knobs are drawn per seed. Every processed event
 //! is folded into a trace hash, so the same seed must give the same hash.
 //!
+//! The model, in brief:
+//! - **Time.** Global virtual time drives the queue; each host sees its own clock (offset, forward
+//!   jumps, drift), never going backwards. Hosts ask for one timer with [`Host::next_timer`],
+//!   re-queried after every event they handle; it fires only once host-local time has reached it.
+//! - **Streams.** `connect` → `Accepted` at the listener after one latency, `Connected` after a
+//!   round trip; `Refused` without a listener; `Timeout` if the handshake is cut off. Bytes arrive
+//!   in order, possibly split into several `Data` events or merged, after serialization at the
+//!   link's bandwidth and a latency drawn per piece (base + jitter + heavy tail). A partition or
+//!   hold stalls a direction without losing bytes; a stall longer than
+//!   [`NetConfig::stall_reset_after`] resets both ends. `close` forgets the end after a FIN;
+//!   bytes that later reach a forgotten end are answered with RST. A crash resets every peer.
+//! - **Datagrams.** Need a bound port; lost, duplicated and delayed independently; dropped by
+//!   partitions.
+//! - **Randomness.** One seed; separate forked streams for knobs, faults, stream network,
+//!   datagrams, clocks, each host (in the order added) and the scenario, so a new draw in one
+//!   place does not shift the others.
+//!
 //! ```no_run
 //! # use tunnox_runtime_sim::*;
 //! # fn scenario(server: impl Host, client: impl Host) -> Result<(), SimError> {

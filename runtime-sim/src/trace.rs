@@ -1,4 +1,5 @@
-//! The run's trace: a rolling hash over every processed event, plus optional readable lines.
+//! The run's trace: a rolling hash over every processed event (each queue event, and what each
+//! host saw and its digest after), plus optional readable lines.
 //!
 //! The hash never depends on whether readable tracing is on, so a failing seed replayed with
 //! tracing enabled reproduces the same hash.
@@ -96,9 +97,13 @@ impl Trace {
         self.records += 1;
     }
 
-    /// Folds an arbitrary value into the hash (fault parameters and the like).
-    pub fn mix(&mut self, value: u64) {
-        self.hash.write_u64(value);
+    /// Folds one queue event (whether or not it reaches a host) into the hash.
+    pub fn queue_event(&mut self, time: Instant, tag: u8, id: u64) {
+        let mut buf = [0u8; 17];
+        buf[0..8].copy_from_slice(&time.as_nanos().to_le_bytes());
+        buf[8] = tag;
+        buf[9..17].copy_from_slice(&id.to_le_bytes());
+        self.hash.write(&buf);
     }
 
     /// Keeps a readable line if tracing is on (`line` is only built then).

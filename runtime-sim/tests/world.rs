@@ -1,6 +1,9 @@
 //! The simulator's own tests: delivery, partitions, resets, crashes, pauses, clocks, datagrams,
 //! determinism and a speed measurement (ignored).
 
+// Test helpers outside `#[test]` functions may panic on what they set up themselves.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -118,6 +121,10 @@ fn partition_stalls_then_heals_with_data_in_flight() {
         "a short partition resets nothing"
     );
     assert_eq!(client(&world, c).completed, 1);
+    assert!(
+        client(&world, c).unsent_max > 10_000,
+        "bytes piled up behind the partition"
+    );
     assert_eq!(stats.faults(FaultKind::Partition), 1);
 }
 
@@ -575,4 +582,17 @@ fn speed_events_per_second() {
         stats.host_events as f64 / wall.as_secs_f64(),
         world.trace_hash()
     );
+}
+
+#[test]
+#[ignore = "long seed sweep; TUNNOX_SIM_SEEDS=<n> sets how many seeds"]
+fn chaos_seed_sweep() {
+    let seeds: u64 = std::env::var("TUNNOX_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    for seed in 1_000..1_000 + seeds {
+        let world = chaos_run(seed, TraceMode::Ring(2_000));
+        assert!(world.stats().host_events > 0, "seed {seed}");
+    }
 }

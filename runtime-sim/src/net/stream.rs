@@ -370,6 +370,12 @@ impl Network {
         Ok(())
     }
 
+    /// Data bytes `me` sent on `conn` that the peer has not been handed yet.
+    pub(crate) fn unsent_bytes(&self, me: HostId, conn: ConnId) -> Option<u64> {
+        let c = self.conns.get(&conn.key())?;
+        (c.ends[conn.end()].host == me).then(|| c.pipes[conn.end()].data_bytes)
+    }
+
     /// Half-closes `me`'s end: the peer gets `Eof` after every byte already sent.
     pub(crate) fn shutdown_write(
         &mut self,

@@ -20,6 +20,8 @@ impl World {
         };
         self.now = self.now.max(at);
         self.stats.events_processed += 1;
+        let (tag, id) = event.trace_tag();
+        self.trace.queue_event(at, tag, id);
         if let Some(limit) = self.event_limit
             && self.stats.events_processed > limit
         {

@@ -113,6 +113,8 @@ pub struct EchoClient {
     pub restarts: u32,
     pub timers: u64,
     pub data_events: u64,
+    /// Most bytes ever sent on a connection but not yet delivered to the server.
+    pub unsent_max: u64,
 }
 
 impl std::fmt::Debug for EchoClient {
@@ -160,6 +162,7 @@ impl EchoClient {
             restarts: 0,
             timers: 0,
             data_events: 0,
+            unsent_max: 0,
         }
     }
 
@@ -212,6 +215,8 @@ impl Host for EchoClient {
                         Err(NetError::ConnectionReset(_)) => {}
                         Err(e) => self.violation = Some(format!("send failed: {e}")),
                     }
+                    let unsent = ctx.unsent_bytes(conn).unwrap_or(0);
+                    self.unsent_max = self.unsent_max.max(unsent);
                     self.next_send =
                         (self.sent.len() < self.transfer_bytes).then(|| now + self.send_interval);
                 }
