@@ -47,6 +47,9 @@ pub struct ScenarioConfig {
     pub faults: FaultMix,
     /// Whether BUGGIFY knobs are drawn.
     pub knobs: bool,
+    /// Whether the knob that delivers stream bytes one at a time may be drawn (slow: keep the
+    /// byte counts small when it is on).
+    pub bytewise: bool,
     /// Mapping changes while traffic flows.
     pub admin_changes: bool,
     /// A bug to plant (needs the planted-bugs feature, which sim-tests enables).
@@ -69,6 +72,7 @@ impl ScenarioConfig {
             heal_deadline: Duration::from_secs(120),
             faults: FaultMix::default(),
             knobs: true,
+            bytewise: false,
             admin_changes: true,
             planted: None,
             trace: false,
@@ -215,6 +219,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
     if !config.knobs {
         world_config.knobs = tunnox_runtime_sim::KnobMix::off();
     }
+    world_config.knobs.allow_bytewise = config.bytewise;
     world_config.trace = if config.trace { TraceMode::Full } else { TraceMode::Off };
     let mut world = World::new(world_config);
     let knobs = world.knobs().clone();
