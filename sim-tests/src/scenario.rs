@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 
 use tunnox_core::agent::AgentConfig;
 use tunnox_core::control::{
-    ClientId, ClientRecord, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol, Target,
-    UnixMillis,
+    ClientId, ClientRecord, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus,
+    Protocol, Target, UnixMillis,
 };
 use tunnox_core::mux::MuxConfig;
 use tunnox_core::node::{ControlState, NodeConfig};
@@ -15,14 +15,17 @@ use tunnox_core::planted::PlantedBug;
 use tunnox_core::rng::Rng;
 use tunnox_core::session::{ClientIdentity, Heartbeat};
 use tunnox_runtime_sim::{
-    Duration, FaultMix, HostFaults, HostId, HostOptions, Instant, Knobs, SimError, SimStats, TraceMode, World,
-    WorldConfig,
+    Duration, FaultMix, HostFaults, HostId, HostOptions, Instant, Knobs, SimError, SimStats,
+    TraceMode, World, WorldConfig,
 };
 
 use crate::hosts::agent::AgentHost;
 use crate::hosts::node::{AdminOp, NodeHost};
 use crate::hosts::service::{ServiceHost, ServiceKind};
 use crate::hosts::visitor::{EntryPoint, VisitorHost, VisitorPlan, VisitorTally};
+
+/// How many trace lines a failure shows (when tracing is on; `TUNNOX_SIM_TRACE_LINES` overrides).
+const TRACE_TAIL_LINES: usize = 400;
 
 /// Sizes and switches of a single-node scenario.
 #[derive(Debug, Clone)]
@@ -122,15 +125,37 @@ impl Report {
     pub fn summary(&self) -> String {
         let s = &self.stats;
         let mut out = String::new();
-        let _ = writeln!(out, "seed {}  trace hash {:016x}", self.seed, self.trace_hash);
-        let _ = writeln!(out, "knobs: {}", if self.knobs.is_empty() { "none".into() } else { self.knobs.join(", ") });
+        let _ = writeln!(
+            out,
+            "seed {}  trace hash {:016x}",
+            self.seed, self.trace_hash
+        );
+        let _ = writeln!(
+            out,
+            "knobs: {}",
+            if self.knobs.is_empty() {
+                "none".into()
+            } else {
+                self.knobs.join(", ")
+            }
+        );
         let _ = writeln!(
             out,
             "events {}  invariant checks {}  checker runs {}  timer checks {}",
             s.events_processed, s.invariant_checks, s.checker_runs, s.timer_checks
         );
-        let faults: BTreeMap<String, u64> = s.faults_injected.iter().map(|(k, v)| (k.name().to_string(), *v)).collect();
-        let _ = writeln!(out, "faults: {}  (crashes {}, restarts {})", fmt_counts(&faults), s.crashes, s.restarts);
+        let faults: BTreeMap<String, u64> = s
+            .faults_injected
+            .iter()
+            .map(|(k, v)| (k.name().to_string(), *v))
+            .collect();
+        let _ = writeln!(
+            out,
+            "faults: {}  (crashes {}, restarts {})",
+            fmt_counts(&faults),
+            s.crashes,
+            s.restarts
+        );
         let v = self.visitors;
         let _ = writeln!(
             out,
@@ -149,7 +174,12 @@ impl Report {
 
     /// Chaos coverage counters: states the run reached.
     pub fn coverage(&self) -> BTreeMap<String, u64> {
-        let mut c: BTreeMap<String, u64> = self.stats.coverage.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut c: BTreeMap<String, u64> = self
+            .stats
+            .coverage
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         c.insert("window_exhausted".into(), self.window_exhausted);
         c.insert("stale_frames_ignored".into(), self.stale_frames);
         c.insert("visitor_streams_reset".into(), self.visitors.reset);
@@ -158,7 +188,11 @@ impl Report {
 }
 
 fn fmt_counts(counts: &BTreeMap<String, u64>) -> String {
-    counts.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a scenario failed, with what is needed to replay it.
@@ -168,6 +202,10 @@ pub struct Failure {
     pub seed: u64,
     /// What broke.
     pub error: SimError,
+    /// The trace hash up to the failure (a replay must reproduce it).
+    pub trace_hash: u64,
+    /// Events processed up to the failure.
+    pub events: u64,
     /// The world's description at the failure (fault schedule, knobs, hosts).
     pub context: String,
 }
@@ -176,6 +214,11 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "simulation failed: {}", self.error)?;
         writeln!(f, "TUNNOX_SIM_SEED={}", self.seed)?;
+        writeln!(
+            f,
+            "trace hash {:016x} after {} events",
+            self.trace_hash, self.events
+        )?;
         write!(f, "{}", self.context)
     }
 }
@@ -220,7 +263,11 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         world_config.knobs = tunnox_runtime_sim::KnobMix::off();
     }
     world_config.knobs.allow_bytewise = config.bytewise;
-    world_config.trace = if config.trace { TraceMode::Full } else { TraceMode::Off };
+    world_config.trace = if config.trace {
+        TraceMode::Full
+    } else {
+        TraceMode::Off
+    };
     let mut world = World::new(world_config);
     let knobs = world.knobs().clone();
     let mut rng = world.fork_rng();
@@ -250,7 +297,9 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
             }
         };
         let secret = ClientSecret::generate(&mut rng);
-        state.clients.insert(id, ClientRecord::new_anonymous(id, secret.auth_key(), wall));
+        state
+            .clients
+            .insert(id, ClientRecord::new_anonymous(id, secret.auth_key(), wall));
         credentials.push((id, secret));
     }
     let services = ["echo", "sink", "source"];
@@ -270,7 +319,10 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         let (service_port, kind) = service_kinds[(i % 3) as usize];
         let node_port = i % 4 == 3;
         let entry = if node_port {
-            Entry::NodePort { port: 20_000 + i as u16, bind: None }
+            Entry::NodePort {
+                port: 20_000 + i as u16,
+                bind: None,
+            }
         } else {
             Entry::ClientPort {
                 listen_client: listen,
@@ -301,7 +353,10 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
     if config.admin_changes {
         // Delete and re-create some mappings while visitors use them.
         for (k, (mapping, ..)) in mappings.iter().enumerate().filter(|(k, _)| k % 3 == 1) {
-            let at = Instant::ZERO + Duration::from_millis(rng.below(config.chaos.as_millis() as u64 / 2) + 1_000 + k as u64);
+            let at = Instant::ZERO
+                + Duration::from_millis(
+                    rng.below(config.chaos.as_millis() as u64 / 2) + 1_000 + k as u64,
+                );
             admin.push((at, AdminOp::DeleteMapping(mapping.id.clone())));
             let back = at + Duration::from_millis(500 + rng.below(2_000));
             admin.push((back, AdminOp::PutMapping(Box::new(mapping.clone()))));
@@ -354,15 +409,15 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         let host = if *node_port {
             node
         } else {
-            let index = credentials.iter().position(|(id, _)| id == listen).unwrap_or(0);
+            let index = credentials
+                .iter()
+                .position(|(id, _)| id == listen)
+                .unwrap_or(0);
             agents[index]
         };
         let port = match mapping.entry {
             Entry::NodePort { port, .. } => port,
-            _ => mapping
-                .entry
-                .listen_addr()
-                .map_or(0, |a| a.port),
+            _ => mapping.entry.listen_addr().map_or(0, |a| a.port),
         };
         entries.push(EntryPoint {
             host,
@@ -389,21 +444,37 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
             HostOptions::new().faults(HostFaults::NONE).start_at(start),
         ));
     }
-    (world, Cast { node, agents, visitors })
+    (
+        world,
+        Cast {
+            node,
+            agents,
+            visitors,
+        },
+    )
 }
 
-/// At most one node may consider itself the owner of a client's live session.
-fn one_live_session_per_client(world: &World, cast: &Cast) -> Result<(), String> {
-    let Some(node) = world.host::<NodeHost>(cast.node).and_then(NodeHost::node) else {
-        return Ok(());
-    };
-    for agent in &cast.agents {
-        let Some(client) = world.host::<AgentHost>(*agent).and_then(|a| a.agent()).and_then(|a| a.client_id()) else {
-            continue;
-        };
-        // One node here; the registry maps each client to one connection by construction, so
-        // also check the agent and node agree when both say "established".
-        let _ = node.session_of(client);
+/// Global invariants checked after every event: at most one live session per client, and no
+/// stream was ever reset for breaking flow control (in-flight bytes never exceed the credit).
+fn global_invariants(world: &World, cast: &Cast) -> Result<(), String> {
+    if let Some(node) = world.host::<NodeHost>(cast.node).and_then(NodeHost::node) {
+        if let Some((client, n)) = node
+            .live_sessions_per_client()
+            .into_iter()
+            .find(|(_, n)| *n > 1)
+        {
+            return Err(format!("client {client} has {n} live sessions"));
+        }
+        if node.mux_stats().flow_control_violations > 0 {
+            return Err("the node saw DATA beyond the credit it granted".into());
+        }
+    }
+    for id in &cast.agents {
+        if let Some(agent) = world.host::<AgentHost>(*id).and_then(AgentHost::agent)
+            && agent.mux_stats().flow_control_violations > 0
+        {
+            return Err(format!("agent {id} saw DATA beyond the credit it granted"));
+        }
     }
     Ok(())
 }
@@ -417,14 +488,33 @@ fn healed(world: &World, cast: &Cast) -> bool {
     };
     let agents_ok = cast.agents.iter().all(|id| {
         world.host::<AgentHost>(*id).is_some_and(|a| {
-            a.stopped().is_some() || (a.agent().is_some_and(|ag| ag.is_established() && ag.relay_count() == 0) && a.local_count() == 0)
+            a.stopped().is_some()
+                || (a
+                    .agent()
+                    .is_some_and(|ag| ag.is_established() && ag.relay_count() == 0)
+                    && a.local_count() == 0)
         })
     });
-    let visitors_done = cast
-        .visitors
+    let visitors_done = cast.visitors.iter().all(|id| {
+        world
+            .host::<VisitorHost>(*id)
+            .is_some_and(|v| v.is_done(world.local_now(*id).unwrap_or(now)))
+    });
+    let live_agents = cast
+        .agents
         .iter()
-        .all(|id| world.host::<VisitorHost>(*id).is_some_and(|v| v.is_done(world.local_now(*id).unwrap_or(now))));
-    agents_ok && visitors_done && node.tunnel_count() == 0 && node.stream_count() == 0
+        .filter(|id| {
+            world
+                .host::<AgentHost>(**id)
+                .is_some_and(|a| a.stopped().is_none())
+        })
+        .count();
+    // Every session the node holds belongs to a live agent: no zombie after reconnects.
+    agents_ok
+        && visitors_done
+        && node.tunnel_count() == 0
+        && node.stream_count() == 0
+        && node.connection_count() == live_agents
 }
 
 /// Runs a scenario: chaos (faults on, every event checked), then heal (faults off) until the
@@ -437,7 +527,21 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
         Box::new(Failure {
             seed: config.seed,
             error,
-            context: world.describe(),
+            trace_hash: world.trace_hash(),
+            events: world.stats().events_processed,
+            context: {
+                let mut context = world.describe();
+                let lines: Vec<&str> = world.trace_lines().collect();
+                let tail = std::env::var("TUNNOX_SIM_TRACE_LINES")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(TRACE_TAIL_LINES);
+                for line in &lines[lines.len().saturating_sub(tail)..] {
+                    context.push_str(line);
+                    context.push('\n');
+                }
+                context
+            },
         })
     };
     let checker_cast = Cast {
@@ -445,7 +549,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
         agents: cast.agents.clone(),
         visitors: cast.visitors.clone(),
     };
-    world.set_checker(move |w| one_live_session_per_client(w, &checker_cast));
+    world.set_checker(move |w| global_invariants(w, &checker_cast));
     let chaos_end = Instant::ZERO + config.chaos;
     if let Err(e) = world.run_chaos(chaos_end) {
         return Err(fail(&world, e));
@@ -459,10 +563,11 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
         return Err(fail(&world, e));
     }
     let heal_start = world.now();
-    let healed_at = match world.run_until_quiet(chaos_end + config.heal_deadline, |w| healed(w, &cast)) {
-        Ok(t) => t,
-        Err(e) => return Err(fail(&world, e)),
-    };
+    let healed_at =
+        match world.run_until_quiet(chaos_end + config.heal_deadline, |w| healed(w, &cast)) {
+            Ok(t) => t,
+            Err(e) => return Err(fail(&world, e)),
+        };
     let mut visitors = VisitorTally::default();
     for id in &cast.visitors {
         if let Some(v) = world.host::<VisitorHost>(*id) {
@@ -493,15 +598,50 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
     })
 }
 
+/// Runs `config` for every seed and returns the reports; on the first failure panics with the
+/// seed, the trace hash and the one command that replays it (`test` is the test's name).
+pub fn sweep(test: &str, seeds: &[u64], config: impl Fn(u64) -> ScenarioConfig) -> Vec<Report> {
+    let mut reports = Vec::with_capacity(seeds.len());
+    for &seed in seeds {
+        match run(&config(seed)) {
+            Ok(report) => reports.push(report),
+            Err(failure) => panic!(
+                "{failure}\nreplay: TUNNOX_SIM_SEED={seed} cargo test -p tunnox-sim-tests {test} -- --exact --nocapture\n"
+            ),
+        }
+    }
+    reports
+}
+
+/// Sums the coverage counters of many reports.
+pub fn total_coverage(reports: &[Report]) -> BTreeMap<String, u64> {
+    let mut total = BTreeMap::new();
+    for r in reports {
+        for (k, v) in r.coverage() {
+            *total.entry(k).or_insert(0) += v;
+        }
+    }
+    total
+}
+
 /// Seeds for a sweep: the fixed list, plus `TUNNOX_SIM_SEEDS` random ones (drawn from
 /// `TUNNOX_SIM_SEED_BASE` or the fixed base), or only `TUNNOX_SIM_SEED` when set (replay).
 pub fn seeds(fixed: impl IntoIterator<Item = u64>) -> Vec<u64> {
-    if let Some(seed) = std::env::var("TUNNOX_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+    if let Some(seed) = std::env::var("TUNNOX_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         return vec![seed];
     }
     let mut seeds: Vec<u64> = fixed.into_iter().collect();
-    let extra: u64 = std::env::var("TUNNOX_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let base = std::env::var("TUNNOX_SIM_SEED_BASE").ok().and_then(|s| s.parse().ok()).unwrap_or(0x7a11_0c5e);
+    let extra: u64 = std::env::var("TUNNOX_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let base = std::env::var("TUNNOX_SIM_SEED_BASE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x7a11_0c5e);
     let mut rng = Rng::seed_from_u64(base);
     seeds.extend((0..extra).map(|_| rng.next_u64()));
     seeds

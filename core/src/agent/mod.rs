@@ -234,6 +234,14 @@ impl Agent {
             .map_or(0, |m| m.stream_count())
     }
 
+    /// Stream-layer counters of the current session.
+    pub fn mux_stats(&self) -> crate::mux::MuxStats {
+        self.session_ref()
+            .and_then(|s| s.mux_ref())
+            .map(|m| m.stats().clone())
+            .unwrap_or_default()
+    }
+
     /// The current session, if connected.
     pub fn session_ref(&self) -> Option<&ClientSession> {
         match &self.phase {

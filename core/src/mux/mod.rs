@@ -102,6 +102,9 @@ pub struct MuxStats {
     pub resets_sent: u64,
     /// RST frames received for live streams.
     pub resets_received: u64,
+    /// Streams reset because the peer sent beyond their credit or after their FIN (never
+    /// between correct peers).
+    pub flow_control_violations: u64,
 }
 
 impl MuxStats {
@@ -120,6 +123,7 @@ impl MuxStats {
         self.stale_frames += other.stale_frames;
         self.resets_sent += other.resets_sent;
         self.resets_received += other.resets_received;
+        self.flow_control_violations += other.flow_control_violations;
     }
 }
 
@@ -536,6 +540,7 @@ impl Mux {
         };
         if s.fin_received || s.recv.receive(n).is_err() {
             // DATA after FIN, or over the stream's credit: the peer broke this stream.
+            self.stats.flow_control_violations += 1;
             self.return_session_credit(n);
             self.control.push_back(Frame::Rst {
                 stream,

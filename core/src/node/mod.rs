@@ -1128,6 +1128,17 @@ impl Node {
         }
     }
 
+    /// Established, not yet closed sessions per client (more than one would be two owners).
+    pub fn live_sessions_per_client(&self) -> BTreeMap<ClientId, usize> {
+        let mut counts = BTreeMap::new();
+        for slot in self.slots.values() {
+            if let (Some(client), false) = (slot.client, slot.session.is_closed()) {
+                *counts.entry(client).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Sum of the stream-layer counters of every live session (for metrics and coverage).
     pub fn mux_stats(&self) -> crate::mux::MuxStats {
         let mut total = crate::mux::MuxStats::default();

@@ -188,11 +188,19 @@ impl LocalRelays {
                     self.out.push_back(LocalOutput::Write { local, bytes });
                 }
                 Ok(ReadOutcome::Blocked) | Err(StreamError::WrongState) => return false,
-                Ok(ReadOutcome::Finished)
-                | Err(StreamError::UnknownStream | StreamError::Finished) => {
+                Ok(ReadOutcome::Finished) => {
                     link.stream_eof = true;
                     finished = true;
                     self.out.push_back(LocalOutput::Finish { local });
+                }
+                // The stream is gone without its end having been read: it was reset (the Reset
+                // event is still queued behind this one). Never a clean close: that would pass
+                // lost data off as complete.
+                Err(StreamError::UnknownStream | StreamError::Finished) => {
+                    self.remove(local);
+                    self.out
+                        .push_back(LocalOutput::Close { local, reset: true });
+                    return false;
                 }
             }
         }

@@ -10,7 +10,9 @@ use tunnox_core::relay::{LocalId, LocalOutput};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::{AuthKey, ClientIdentity, CloseReason};
 use tunnox_core::tunnel::DialFailure;
-use tunnox_runtime_sim::{ConnId, ConnectFailReason, Host, HostCtx, HostEvent, HostId, Instant, Port};
+use tunnox_runtime_sim::{
+    ConnId, ConnectFailReason, Host, HostCtx, HostEvent, HostId, Instant, Port,
+};
 
 use super::node::{CLIENT_PORT, close_kind};
 
@@ -56,7 +58,12 @@ pub struct AgentHost {
 
 impl AgentHost {
     /// An agent logging in as `client_id` with `key`, connecting to `node`.
-    pub fn new(config: AgentConfig, node: HostId, resolver: BTreeMap<String, HostId>, rng: Rng) -> AgentHost {
+    pub fn new(
+        config: AgentConfig,
+        node: HostId,
+        resolver: BTreeMap<String, HostId>,
+        rng: Rng,
+    ) -> AgentHost {
         AgentHost {
             config,
             rng,
@@ -101,8 +108,12 @@ impl AgentHost {
     }
 
     fn feed(&mut self, now: Instant, conn: ConnId) {
-        let Some(agent) = self.agent.as_mut() else { return };
-        let Some(l) = self.locals.get_mut(&conn) else { return };
+        let Some(agent) = self.agent.as_mut() else {
+            return;
+        };
+        let Some(l) = self.locals.get_mut(&conn) else {
+            return;
+        };
         while let Some(front) = l.pending.pop_front() {
             let taken = agent.local_data(now, l.local, front.clone());
             if taken < front.len() {
@@ -124,7 +135,9 @@ impl AgentHost {
 
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         loop {
-            let Some(agent) = self.agent.as_mut() else { return };
+            let Some(agent) = self.agent.as_mut() else {
+                return;
+            };
             if let Some((attempt, t)) = agent.poll_transmit() {
                 if let Some(conn) = self.attempt_conn.get(&attempt) {
                     let mut buf = BytesMut::with_capacity(t.len());
@@ -133,7 +146,9 @@ impl AgentHost {
                 }
                 continue;
             }
-            let Some(out) = agent.poll_output() else { return };
+            let Some(out) = agent.poll_output() else {
+                return;
+            };
             self.on_output(now, out, ctx);
         }
     }
@@ -195,7 +210,11 @@ impl AgentHost {
                 }
             }
             AgentOutput::Disconnected { reason, .. } => {
-                *self.tally.disconnects.entry(close_kind(&reason)).or_insert(0) += 1;
+                *self
+                    .tally
+                    .disconnects
+                    .entry(close_kind(&reason))
+                    .or_insert(0) += 1;
                 ctx.count("agent_disconnected");
             }
             AgentOutput::Stopped { reason } => self.stopped = Some(reason),
@@ -221,7 +240,11 @@ impl AgentHost {
             }
             LocalOutput::Close { local, reset } => {
                 if let Some(conn) = self.forget_local(local) {
-                    let _ = if reset { ctx.reset(conn) } else { ctx.close(conn) };
+                    let _ = if reset {
+                        ctx.reset(conn)
+                    } else {
+                        ctx.close(conn)
+                    };
                 }
             }
             LocalOutput::ResumeRead { local } => {
@@ -250,7 +273,13 @@ impl Host for AgentHost {
                     if let Some(attempt) = self.attempts.get(&conn) {
                         agent.connected(now, *attempt);
                     } else if let Some(local) = self.dialing.remove(&conn) {
-                        self.locals.insert(conn, LocalIn { local, ..LocalIn::default() });
+                        self.locals.insert(
+                            conn,
+                            LocalIn {
+                                local,
+                                ..LocalIn::default()
+                            },
+                        );
                         self.local_conn.insert(local, conn);
                         agent.dial_result(now, local, Ok(()));
                     }
@@ -264,21 +293,36 @@ impl Host for AgentHost {
                     } else if let Some(local) = self.dialing.remove(&conn) {
                         let failure = match reason {
                             ConnectFailReason::Timeout => DialFailure::Timeout,
-                            ConnectFailReason::Refused | ConnectFailReason::Reset => DialFailure::Refused,
+                            ConnectFailReason::Refused | ConnectFailReason::Reset => {
+                                DialFailure::Refused
+                            }
                         };
                         agent.dial_result(now, local, Err(failure));
                     }
                 }
             }
-            HostEvent::Accepted { listener_port, conn, peer } => {
+            HostEvent::Accepted {
+                listener_port,
+                conn,
+                peer,
+            } => {
                 let Some(mapping) = self.listeners.get(&listener_port).cloned() else {
                     let _ = ctx.reset(conn);
                     return;
                 };
                 let local = conn.0;
-                self.locals.insert(conn, LocalIn { local, ..LocalIn::default() });
+                self.locals.insert(
+                    conn,
+                    LocalIn {
+                        local,
+                        ..LocalIn::default()
+                    },
+                );
                 self.local_conn.insert(local, conn);
-                let addr = core::net::SocketAddr::from(([10, 1, (peer.0 >> 8) as u8, peer.0 as u8], 50_000));
+                let addr = core::net::SocketAddr::from((
+                    [10, 1, (peer.0 >> 8) as u8, peer.0 as u8],
+                    50_000,
+                ));
                 if let Some(agent) = self.agent.as_mut() {
                     agent.visitor_accepted(now, &mapping, local, Some(addr));
                 }
@@ -293,8 +337,12 @@ impl Host for AgentHost {
                     self.feed(now, conn);
                 }
             }
-            HostEvent::Eof { conn } | HostEvent::Reset { conn } if self.attempts.contains_key(&conn) => {
-                if let (Some(attempt), Some(agent)) = (self.attempts.remove(&conn), self.agent.as_mut()) {
+            HostEvent::Eof { conn } | HostEvent::Reset { conn }
+                if self.attempts.contains_key(&conn) =>
+            {
+                if let (Some(attempt), Some(agent)) =
+                    (self.attempts.remove(&conn), self.agent.as_mut())
+                {
                     self.attempt_conn.remove(&attempt);
                     agent.connection_closed(now, attempt);
                 }

@@ -50,7 +50,12 @@ pub struct NodeHost {
 
 impl NodeHost {
     /// A node with `config`, initial durable `state`, and admin changes at the given times.
-    pub fn new(config: NodeConfig, state: ControlState, admin: Vec<(Instant, AdminOp)>, rng: Rng) -> NodeHost {
+    pub fn new(
+        config: NodeConfig,
+        state: ControlState,
+        admin: Vec<(Instant, AdminOp)>,
+        rng: Rng,
+    ) -> NodeHost {
         NodeHost {
             config,
             rng,
@@ -83,13 +88,25 @@ impl NodeHost {
 
     fn start(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         let _ = ctx.listen(CLIENT_PORT);
-        let wall = self.wall_origin.saturating_add(Duration::from_nanos(now.as_nanos()));
-        self.node = Some(Node::new(now, wall, self.config.clone(), self.durable.clone(), self.rng.fork()));
+        let wall = self
+            .wall_origin
+            .saturating_add(Duration::from_nanos(now.as_nanos()));
+        self.node = Some(Node::new(
+            now,
+            wall,
+            self.config.clone(),
+            self.durable.clone(),
+            self.rng.fork(),
+        ));
     }
 
     fn feed_visitor(&mut self, now: Instant, conn: ConnId) {
-        let Some(node) = self.node.as_mut() else { return };
-        let Some(v) = self.visitors.get_mut(&conn) else { return };
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
+        let Some(v) = self.visitors.get_mut(&conn) else {
+            return;
+        };
         while let Some(front) = v.pending.pop_front() {
             let taken = node.visitor_data(now, conn.0, front.clone());
             if taken < front.len() {
@@ -105,18 +122,24 @@ impl NodeHost {
 
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         loop {
-            let Some(node) = self.node.as_mut() else { return };
+            let Some(node) = self.node.as_mut() else {
+                return;
+            };
             if let Some((conn, t)) = node.poll_transmit() {
                 let _ = ctx.send(ConnId(conn), concat(&t));
                 continue;
             }
-            let Some(out) = node.poll_output() else { return };
+            let Some(out) = node.poll_output() else {
+                return;
+            };
             self.on_output(now, out, ctx);
         }
     }
 
     fn on_output(&mut self, now: Instant, out: NodeOutput, ctx: &mut HostCtx<'_>) {
-        let Some(node) = self.node.as_mut() else { return };
+        let Some(node) = self.node.as_mut() else {
+            return;
+        };
         match out {
             NodeOutput::CloseConnection { conn } => {
                 while let Some(t) = node.poll_transmit_for(conn) {
@@ -141,7 +164,11 @@ impl NodeHost {
                 }
                 LocalOutput::Close { local, reset } => {
                     self.visitors.remove(&ConnId(local));
-                    let _ = if reset { ctx.reset(ConnId(local)) } else { ctx.close(ConnId(local)) };
+                    let _ = if reset {
+                        ctx.reset(ConnId(local))
+                    } else {
+                        ctx.close(ConnId(local))
+                    };
                 }
                 LocalOutput::ResumeRead { local } => self.feed_visitor(now, ConnId(local)),
             },
@@ -163,9 +190,15 @@ impl NodeHost {
         match reason {
             // Between correct peers the byte stream is never malformed and the stream protocol
             // is never broken, whatever the network does.
-            CloseReason::Wire(e) => self.violate(format!("connection {conn} closed on a wire error: {e}")),
-            CloseReason::Mux(e) => self.violate(format!("connection {conn} closed on a mux error: {e}")),
-            CloseReason::ProtocolViolation(what) => self.violate(format!("connection {conn}: protocol violation: {what}")),
+            CloseReason::Wire(e) => {
+                self.violate(format!("connection {conn} closed on a wire error: {e}"))
+            }
+            CloseReason::Mux(e) => {
+                self.violate(format!("connection {conn} closed on a mux error: {e}"))
+            }
+            CloseReason::ProtocolViolation(what) => {
+                self.violate(format!("connection {conn}: protocol violation: {what}"))
+            }
             CloseReason::HeartbeatTimeout => {
                 ctx.count("heartbeat_timeout");
                 // Dead-peer verdicts must not come early: the peer was silent for the whole
@@ -184,8 +217,12 @@ impl NodeHost {
 
     fn run_admin(&mut self, now: Instant) {
         while self.admin.front().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, op)) = self.admin.pop_front() else { break };
-            let Some(node) = self.node.as_mut() else { continue };
+            let Some((_, op)) = self.admin.pop_front() else {
+                break;
+            };
+            let Some(node) = self.node.as_mut() else {
+                continue;
+            };
             let _ = match op {
                 AdminOp::PutMapping(m) => node.put_mapping(now, *m),
                 AdminOp::DeleteMapping(id) => node.delete_mapping(now, &id),
@@ -227,14 +264,23 @@ impl Host for NodeHost {
                     node.handle_timeout(now);
                 }
             }
-            HostEvent::Accepted { listener_port, conn, peer } => {
-                let Some(node) = self.node.as_mut() else { return };
+            HostEvent::Accepted {
+                listener_port,
+                conn,
+                peer,
+            } => {
+                let Some(node) = self.node.as_mut() else {
+                    return;
+                };
                 if listener_port == CLIENT_PORT {
                     self.last_rx.insert(conn, now);
                     node.accept_connection(now, conn.0);
                 } else {
                     self.visitors.insert(conn, VisitorIn::default());
-                    let addr = core::net::SocketAddr::from(([10, 0, (peer.0 >> 8) as u8, peer.0 as u8], 40_000));
+                    let addr = core::net::SocketAddr::from((
+                        [10, 0, (peer.0 >> 8) as u8, peer.0 as u8],
+                        40_000,
+                    ));
                     node.visitor_accepted(now, listener_port, conn.0, Some(addr));
                 }
             }
@@ -249,7 +295,9 @@ impl Host for NodeHost {
                     node.connection_bytes(now, conn.0, &bytes);
                 }
             }
-            HostEvent::Eof { conn } | HostEvent::Reset { conn } if !self.visitors.contains_key(&conn) => {
+            HostEvent::Eof { conn } | HostEvent::Reset { conn }
+                if !self.visitors.contains_key(&conn) =>
+            {
                 self.last_rx.remove(&conn);
                 if let Some(node) = self.node.as_mut() {
                     node.connection_closed(now, conn.0);
@@ -267,7 +315,9 @@ impl Host for NodeHost {
                     node.visitor_reset(now, conn.0);
                 }
             }
-            HostEvent::Connected { .. } | HostEvent::ConnectFailed { .. } | HostEvent::Datagram { .. } => {}
+            HostEvent::Connected { .. }
+            | HostEvent::ConnectFailed { .. }
+            | HostEvent::Datagram { .. } => {}
         }
         self.flush(now, ctx);
     }

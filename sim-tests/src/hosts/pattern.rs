@@ -11,7 +11,10 @@ pub fn byte_at(seed: u64, offset: u64) -> u8 {
 
 /// `len` bytes of stream `seed` from `offset`.
 pub fn chunk(seed: u64, offset: u64, len: usize) -> Bytes {
-    (0..len as u64).map(|i| byte_at(seed, offset + i)).collect::<Vec<u8>>().into()
+    (0..len as u64)
+        .map(|i| byte_at(seed, offset + i))
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// Where `bytes`, claimed to start at `offset` of stream `seed`, first differ from it.

@@ -59,7 +59,11 @@ impl Host for ServiceHost {
     fn on_event(&mut self, _now: Instant, event: HostEvent, ctx: &mut HostCtx<'_>) {
         match event {
             HostEvent::Started => self.start(ctx),
-            HostEvent::Accepted { listener_port, conn, .. } => {
+            HostEvent::Accepted {
+                listener_port,
+                conn,
+                ..
+            } => {
                 let Some(kind) = self.services.get(&listener_port).copied() else {
                     let _ = ctx.reset(conn);
                     return;

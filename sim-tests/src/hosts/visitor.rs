@@ -108,7 +108,9 @@ impl VisitorHost {
 
     /// Whether every planned connection was made and ended.
     pub fn is_done(&self, now: Instant) -> bool {
-        self.visits.is_empty() && (self.tally.opened >= u64::from(self.plan.connections) || now >= self.plan.stop_opening_at)
+        self.visits.is_empty()
+            && (self.tally.opened >= u64::from(self.plan.connections)
+                || now >= self.plan.stop_opening_at)
     }
 
     fn violate(&mut self, message: String) {
@@ -127,7 +129,8 @@ impl VisitorHost {
         if !due || self.plan.entries.is_empty() {
             return;
         }
-        let exhausted = self.tally.opened >= u64::from(self.plan.connections) || now >= self.plan.stop_opening_at;
+        let exhausted = self.tally.opened >= u64::from(self.plan.connections)
+            || now >= self.plan.stop_opening_at;
         if exhausted {
             self.next_open_at = None;
             return;
@@ -164,7 +167,9 @@ impl VisitorHost {
         for conn in conns {
             let piece_max = 1 + ctx.rng().below(32 * 1024);
             let pause = self.pause(ctx);
-            let Some(v) = self.visits.get_mut(&conn) else { continue };
+            let Some(v) = self.visits.get_mut(&conn) else {
+                continue;
+            };
             let n = (v.total - v.sent).min(piece_max);
             if n > 0 {
                 let _ = ctx.send(conn, pattern::chunk(v.seed, v.sent, n as usize));
@@ -180,7 +185,9 @@ impl VisitorHost {
     }
 
     fn on_data(&mut self, conn: ConnId, bytes: &[u8]) {
-        let Some(v) = self.visits.get_mut(&conn) else { return };
+        let Some(v) = self.visits.get_mut(&conn) else {
+            return;
+        };
         let (seed, limit) = match v.entry.service {
             // An echo returns a prefix of what was sent, never more.
             ServiceKind::Echo => (v.seed, v.sent),
@@ -191,7 +198,8 @@ impl VisitorHost {
         v.received += bytes.len() as u64;
         let received = v.received;
         if received > limit {
-            let message = format!("{conn}: received {received} bytes, more than the {limit} possible");
+            let message =
+                format!("{conn}: received {received} bytes, more than the {limit} possible");
             return self.violate(message);
         }
         if let Some(at) = pattern::first_mismatch(seed, offset, bytes) {
@@ -200,7 +208,9 @@ impl VisitorHost {
     }
 
     fn on_eof(&mut self, conn: ConnId, ctx: &mut HostCtx<'_>) {
-        let Some(v) = self.visits.remove(&conn) else { return };
+        let Some(v) = self.visits.remove(&conn) else {
+            return;
+        };
         let expected = match v.entry.service {
             ServiceKind::Echo => v.total,
             ServiceKind::Source { len } => len,
@@ -209,7 +219,10 @@ impl VisitorHost {
         // A clean end must mean every byte arrived: a FIN that overtakes data is lost data.
         let all_sent = v.phase == Phase::Draining;
         if !all_sent && v.entry.service == ServiceKind::Echo {
-            let message = format!("{conn}: clean end after {} of {} bytes were even sent", v.sent, v.total);
+            let message = format!(
+                "{conn}: clean end after {} of {} bytes were even sent",
+                v.sent, v.total
+            );
             return self.violate(message);
         }
         if v.received != expected {
@@ -280,6 +293,10 @@ impl Host for VisitorHost {
 
     fn digest(&self) -> u64 {
         let t = self.tally;
-        t.opened ^ t.completed << 16 ^ t.reset << 32 ^ t.bytes_verified.rotate_left(48) ^ self.visits.len() as u64
+        t.opened
+            ^ t.completed << 16
+            ^ t.reset << 32
+            ^ t.bytes_verified.rotate_left(48)
+            ^ self.visits.len() as u64
     }
 }
