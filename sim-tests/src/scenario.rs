@@ -517,6 +517,56 @@ fn healed(world: &World, cast: &Cast) -> bool {
         && node.connection_count() == live_agents
 }
 
+/// What still keeps the world from having healed (for failure reports).
+fn heal_status(world: &World, cast: &Cast) -> String {
+    let mut out = String::from("heal status:\n");
+    match world.host::<NodeHost>(cast.node).and_then(NodeHost::node) {
+        Some(node) => {
+            let _ = writeln!(
+                out,
+                "  node: {} connections, {} online, {} tunnels, {} streams",
+                node.connection_count(),
+                node.online_clients(),
+                node.tunnel_count(),
+                node.stream_count()
+            );
+            if node.tunnel_count() > 0 {
+                let _ = writeln!(out, "  tunnels: {:?}", node.tunnels());
+            }
+        }
+        None => out.push_str("  node: down\n"),
+    }
+    for id in &cast.agents {
+        let Some(a) = world.host::<AgentHost>(*id) else {
+            continue;
+        };
+        let established = a.agent().is_some_and(|ag| ag.is_established());
+        let relays = a.agent().map_or(0, |ag| ag.relay_count());
+        let streams = a.agent().map_or(0, |ag| ag.stream_count());
+        if !established || relays > 0 || a.local_count() > 0 || a.stopped().is_some() {
+            let _ = writeln!(
+                out,
+                "  agent {id}: established {established}, relays {relays}, streams {streams}, locals {}, stopped {:?}",
+                a.local_count(),
+                a.stopped()
+            );
+        }
+    }
+    for id in &cast.visitors {
+        if let Some(v) = world.host::<VisitorHost>(*id)
+            && v.in_flight() > 0
+        {
+            let _ = writeln!(
+                out,
+                "  visitor {id}: {} connections in flight: {}",
+                v.in_flight(),
+                v.describe_in_flight()
+            );
+        }
+    }
+    out
+}
+
 /// Runs a scenario: chaos (faults on, every event checked), then heal (faults off) until the
 /// world converges; returns the report, or the failure with what is needed to replay it.
 pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
@@ -566,7 +616,11 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
     let healed_at =
         match world.run_until_quiet(chaos_end + config.heal_deadline, |w| healed(w, &cast)) {
             Ok(t) => t,
-            Err(e) => return Err(fail(&world, e)),
+            Err(e) => {
+                let mut failure = fail(&world, e);
+                failure.context.push_str(&heal_status(&world, &cast));
+                return Err(failure);
+            }
         };
     let mut visitors = VisitorTally::default();
     for id in &cast.visitors {

@@ -236,6 +236,11 @@ impl Node {
         self.tunnels.len()
     }
 
+    /// The tunnel table (for diagnostics).
+    pub fn tunnels(&self) -> &TunnelTable {
+        &self.tunnels
+    }
+
     /// Client connections held (handshaking, established or closing).
     pub fn connection_count(&self) -> usize {
         self.slots.len()
@@ -426,9 +431,21 @@ impl Node {
 
     /// The runtime wrote `bytes` of earlier writes to the visitor.
     pub fn visitor_flushed(&mut self, now: Instant, visitor: LocalId, bytes: usize) {
+        let Some(&conn) = self.visitor_slot.get(&visitor) else {
+            return;
+        };
+        let mut finished = None;
         self.with_visitor(now, visitor, |relays, mux, now| {
-            relays.flushed(now, mux, visitor, bytes)
+            finished = relays.flushed(now, mux, visitor, bytes);
         });
+        if let Some(stream) = finished {
+            // The target's end reached the visitor: that half of the tunnel is done.
+            self.tunnels.endpoint_finished(Endpoint::Stream {
+                session: conn,
+                stream,
+            });
+            self.run_tunnel_actions(now);
+        }
     }
 
     fn with_visitor(

@@ -160,14 +160,19 @@ impl LocalRelays {
         }
     }
 
-    /// The runtime wrote `bytes` of earlier `Write`s to the socket: more may follow.
-    pub fn flushed(&mut self, now: Instant, mux: &mut Mux, local: LocalId, bytes: usize) {
-        let Some(link) = self.links.get_mut(&local) else {
-            return;
-        };
+    /// The runtime wrote `bytes` of earlier `Write`s to the socket: more may follow. Returns the
+    /// stream if this call delivered its end (as [`LocalRelays::stream_readable`] does).
+    pub fn flushed(
+        &mut self,
+        now: Instant,
+        mux: &mut Mux,
+        local: LocalId,
+        bytes: usize,
+    ) -> Option<StreamId> {
+        let link = self.links.get_mut(&local)?;
         link.unflushed_bytes = link.unflushed_bytes.saturating_sub(bytes);
         let stream = link.stream;
-        self.stream_readable(now, mux, stream);
+        self.stream_readable(now, mux, stream).then_some(stream)
     }
 
     /// The stream has data or its end: move what the socket may take. Returns true when this

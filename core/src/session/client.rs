@@ -185,6 +185,7 @@ impl ClientSession {
             return;
         }
         self.conn.decoder.push(bytes);
+        self.conn.note_bytes_received(now);
         self.process_input(now);
     }
 
@@ -196,6 +197,7 @@ impl ClientSession {
     /// Processes bytes read into `read_buffer`.
     pub fn handle_buffered(&mut self, now: Instant) {
         if self.state != State::Closed {
+            self.conn.note_bytes_received(now);
             self.process_input(now);
         }
     }

@@ -55,6 +55,14 @@ impl Conn {
         }
     }
 
+    /// Bytes arrived: the peer is alive, even if they do not complete a frame yet (a large frame
+    /// trickling in over a slow link must not look like silence).
+    pub fn note_bytes_received(&mut self, now: Instant) {
+        if let Some(link) = self.link.as_mut() {
+            link.last_received_at = link.last_received_at.max(now);
+        }
+    }
+
     pub fn send(&mut self, frame: Frame) {
         self.outbox.push_back(frame.encode());
     }

@@ -181,6 +181,7 @@ impl NodeSession {
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
         if !self.is_closed() {
             self.conn.decoder.push(bytes);
+            self.conn.note_bytes_received(now);
             self.process_input(now);
         }
     }
@@ -193,6 +194,7 @@ impl NodeSession {
     /// Processes bytes read into `read_buffer`.
     pub fn handle_buffered(&mut self, now: Instant) {
         if !self.is_closed() {
+            self.conn.note_bytes_received(now);
             self.process_input(now);
         }
     }

@@ -106,6 +106,20 @@ impl VisitorHost {
         self.visits.len()
     }
 
+    /// The connections in flight: id, entry port, phase, bytes sent/total and received.
+    pub fn describe_in_flight(&self) -> String {
+        self.visits
+            .iter()
+            .map(|(c, v)| {
+                format!(
+                    "{c}->{}:{} {:?} sent {}/{} recv {}",
+                    v.entry.host, v.entry.port, v.phase, v.sent, v.total, v.received
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Whether every planned connection was made and ended.
     pub fn is_done(&self, now: Instant) -> bool {
         self.visits.is_empty()
