@@ -1,5 +1,7 @@
 //! The `tunnox` command: server, client, admin, sim, storage-server and quickstart.
 
+mod sim;
+
 use anyhow::bail;
 use clap::{Parser, Subcommand};
 
@@ -20,7 +22,7 @@ enum Command {
     /// Manage users, clients and mappings through a node's API.
     Admin,
     /// Run one deterministic simulation and print its summary.
-    Sim,
+    Sim(sim::SimArgs),
     /// Serve the StorageService over the embedded store.
     StorageServer,
     /// Start a node, two clients and an echo target on loopback and tunnel bytes through them.
@@ -29,23 +31,28 @@ enum Command {
 
 impl Command {
     /// The issue that builds this command, for commands that are not built yet.
-    fn pending_issue(&self) -> (&'static str, &'static str) {
-        match self {
+    fn pending_issue(&self) -> Option<(&'static str, &'static str)> {
+        Some(match self {
+            Command::Sim(_) => return None,
             Command::Server => ("server", "the single-node issue (#4)"),
             Command::Client => ("client", "the single-node issue (#4)"),
             Command::Admin => ("admin", "the management API issue (#6)"),
-            Command::Sim => ("sim", "the simulation issue (#3)"),
             Command::StorageServer => ("storage-server", "the cluster issue (#5)"),
             Command::Quickstart => ("quickstart", "the single-node issue (#4)"),
-        }
+        })
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let (name, issue) = cli.command.pending_issue();
+    let Some((name, issue)) = cli.command.pending_issue() else {
+        let Command::Sim(args) = cli.command else {
+            unreachable!("only sim is built")
+        };
+        return sim::main(args);
+    };
     bail!(
         "`tunnox {name}` is not built yet: it arrives with {issue}. \
-         What exists today is the sans-IO core (`cargo test --workspace` exercises it)."
+         What exists today is the sans-IO core and its simulator (`tunnox sim --seed 1`)."
     )
 }

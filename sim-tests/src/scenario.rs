@@ -118,6 +118,8 @@ pub struct Report {
     pub stale_frames: u64,
     /// Virtual time the heal phase needed.
     pub healed_after: Duration,
+    /// The readable trace, when the run asked for one.
+    pub trace: Vec<String>,
 }
 
 impl Report {
@@ -649,6 +651,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
         window_exhausted: node_stats.credit_exhausted,
         stale_frames: node_stats.stale_frames,
         healed_after: healed_at.saturating_duration_since(heal_start),
+        trace: world.trace_lines().map(str::to_owned).collect(),
     })
 }
 
