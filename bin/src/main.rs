@@ -1,5 +1,8 @@
 //! The `tunnox` command: server, client, admin, sim, storage-server and quickstart.
 
+// A command-line program: printing to stdout is its job.
+#![allow(clippy::print_stdout)]
+
 mod sim;
 
 use anyhow::bail;

@@ -271,7 +271,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         TraceMode::Off
     };
     let mut world = World::new(world_config);
-    let knobs = world.knobs().clone();
+    let knobs = *world.knobs();
     let mut rng = world.fork_rng();
 
     let mut mux = MuxConfig::default();
@@ -402,7 +402,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         let host = AgentHost::new(agent_config, node, resolver.clone(), rng.fork());
         let start = Instant::ZERO + Duration::from_millis(rng.below(500));
         agents.push(world.add_host(
-            &format!("client-{k}"),
+            format!("client-{k}"),
             host,
             HostOptions::new().faults(HostFaults::ALL).start_at(start),
         ));
@@ -441,7 +441,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         // Visitors start after the clients had a chance to connect and get their config.
         let start = Instant::ZERO + Duration::from_millis(1_000 + rng.below(1_000));
         visitors.push(world.add_host(
-            &format!("visitor-{v}"),
+            format!("visitor-{v}"),
             VisitorHost::new(plan, u64::from(v) + 1),
             HostOptions::new().faults(HostFaults::NONE).start_at(start),
         ));
