@@ -444,10 +444,16 @@ fn mux_frames_seeds() -> Vec<(String, Vec<u8>)> {
     );
     add(
         "data_past_session_window",
+        // Three streams, each within its 1040-byte window, together past the 2064-byte session
+        // window (unread, so no credit comes back).
         script(SMALL, |s| {
-            s.frame(&open(1)).accept();
-            for _ in 0..40 {
-                s.frame(&data(1, 64));
+            for id in [1, 3, 5] {
+                s.frame(&open(id)).accept();
+            }
+            for _ in 0..12 {
+                for id in [1, 3, 5] {
+                    s.frame(&data(id, 64));
+                }
             }
         }),
     );

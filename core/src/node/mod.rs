@@ -181,10 +181,15 @@ pub struct Node {
     node_ports: BTreeMap<u16, MappingId>,
     /// Connections that may have bytes to send.
     dirty: BTreeSet<ConnId>,
+    /// Connections changed since the last `check_touched` (interior mutability: checking
+    /// consumes it).
+    touched: core::cell::RefCell<BTreeSet<ConnId>>,
     /// Session deadlines, for `poll_timeout` without scanning every session.
     timers: BTreeSet<(Instant, ConnId)>,
     timer_of: BTreeMap<ConnId, Instant>,
     outputs: VecDeque<NodeOutput>,
+    /// Bytes received, bytes transmitted and outputs produced: a cheap running fingerprint.
+    activity: (u64, u64, u64),
 }
 
 impl Node {
@@ -207,9 +212,11 @@ impl Node {
             visitor_slot: BTreeMap::new(),
             node_ports: BTreeMap::new(),
             dirty: BTreeSet::new(),
+            touched: core::cell::RefCell::new(BTreeSet::new()),
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
             outputs: VecDeque::new(),
+            activity: (0, 0, 0),
             state,
         };
         node.sync_node_ports();
@@ -278,6 +285,7 @@ impl Node {
 
     /// Bytes arrived on a client connection.
     pub fn connection_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+        self.activity.0 += bytes.len() as u64;
         if let Some(slot) = self.slots.get_mut(&conn) {
             slot.session.handle_bytes(now, bytes);
             self.after_session_input(now, conn);
@@ -322,16 +330,17 @@ impl Node {
 
     /// The next bytes to write on `conn` only.
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Transmit> {
-        let t = self.slots.get_mut(&conn)?.session.poll_transmit();
-        if t.is_some() {
-            self.after_mux_activity(conn);
-        }
-        t
+        let t = self.slots.get_mut(&conn)?.session.poll_transmit()?;
+        self.activity.1 += t.len() as u64;
+        self.after_mux_activity(conn);
+        Some(t)
     }
 
     /// The next output for the runtime.
     pub fn poll_output(&mut self) -> Option<NodeOutput> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front()?;
+        self.activity.2 += 1;
+        Some(out)
     }
 
     // ----- time -----
@@ -640,7 +649,7 @@ impl Node {
         let push = config_for(&self.state, client, self.config_version);
         if let Some(slot) = self.slots.get_mut(&conn) {
             slot.session.push_config(push);
-            self.dirty.insert(conn);
+            self.mark(conn);
         }
     }
 
@@ -678,11 +687,14 @@ impl Node {
     }
 
     fn after_mux_activity(&mut self, conn: ConnId) {
-        let Some(slot) = self.slots.get(&conn) else {
+        let Some(deadline) = self
+            .slots
+            .get(&conn)
+            .map(|slot| slot.session.poll_timeout())
+        else {
             return;
         };
-        self.dirty.insert(conn);
-        let deadline = slot.session.poll_timeout();
+        self.mark(conn);
         if let Some(old) = self.timer_of.remove(&conn) {
             self.timers.remove(&(old, conn));
         }
@@ -974,8 +986,8 @@ impl Node {
                 Ok(ReadOutcome::Blocked) | Err(_) => break,
             }
         }
-        self.dirty.insert(from.0);
-        self.dirty.insert(to.0);
+        self.mark(from.0);
+        self.mark(to.0);
         self.run_tunnel_actions(now);
     }
 
@@ -1020,7 +1032,7 @@ impl Node {
                                 self.visitor_slot.insert(visitor, session);
                             }
                             self.tunnels.target_opened(tunnel, stream);
-                            self.dirty.insert(session);
+                            self.mark(session);
                         }
                         _ => self
                             .tunnels
@@ -1034,7 +1046,7 @@ impl Node {
                         {
                             let _ = mux.accept(stream, encode_result(OpenError::Ok, ""));
                         }
-                        self.dirty.insert(session);
+                        self.mark(session);
                         // Bytes that arrived with the open can flow now.
                         self.on_readable(now, session, stream);
                     }
@@ -1051,7 +1063,7 @@ impl Node {
                             {
                                 let _ = mux.refuse(stream, encode_result(error, &message));
                             }
-                            self.dirty.insert(session);
+                            self.mark(session);
                         }
                         Endpoint::Local(visitor) => self.close_visitor(visitor),
                     }
@@ -1068,7 +1080,7 @@ impl Node {
                         {
                             let _ = mux.finish(stream);
                         }
-                        self.dirty.insert(session);
+                        self.mark(session);
                     }
                     // Visitor FINs travel through the relay, after the data.
                     Endpoint::Local(_) => {}
@@ -1082,7 +1094,7 @@ impl Node {
                             slot.visitors.stream_reset(stream);
                         }
                         self.drain_visitor_outputs_no_mux(session);
-                        self.dirty.insert(session);
+                        self.mark(session);
                     }
                     Endpoint::Local(visitor) => self.close_visitor(visitor),
                 },
@@ -1130,7 +1142,7 @@ impl Node {
 
     fn drain_visitor_outputs(&mut self, _now: Instant, conn: ConnId) {
         self.drain_visitor_outputs_no_mux(conn);
-        self.dirty.insert(conn);
+        self.mark(conn);
     }
 
     fn drain_visitor_outputs_no_mux(&mut self, conn: ConnId) {
@@ -1165,18 +1177,66 @@ impl Node {
         total
     }
 
-    /// A cheap fingerprint of the node's state.
+    /// A cheap fingerprint of the node's state and history (constant time: sizes and running
+    /// counters of bytes in, bytes out and outputs), for the simulator's trace hash.
     pub fn digest(&self) -> u64 {
         let mut h = crate::digest::Fnv64::new();
         h.write_u64(self.slots.len() as u64);
-        for (conn, slot) in &self.slots {
-            h.write_u64(*conn);
-            h.write_u64(slot.session.mux_ref().map_or(0, |m| m.digest()));
-        }
         h.write_u64(self.tunnels.len() as u64);
         h.write_u64(self.registry.len() as u64);
         h.write_u64(self.config_version);
+        h.write_u64(self.activity.0);
+        h.write_u64(self.activity.1);
+        h.write_u64(self.activity.2);
         h.finish()
+    }
+
+    /// Notes that `conn` may have output and may have changed.
+    fn mark(&mut self, conn: ConnId) {
+        self.dirty.insert(conn);
+        self.touched.get_mut().insert(conn);
+    }
+
+    /// Checks what changed since the last call: each touched session and its visitors, that a
+    /// live established session is the one the registry names for its client (so no client has
+    /// two), and that no peer ever sent beyond its credit. Cheap enough to run after every event;
+    /// `check_invariants` checks everything.
+    pub fn check_touched(&self) -> Result<(), String> {
+        let touched = std::mem::take(&mut *self.touched.borrow_mut());
+        for conn in touched {
+            let Some(slot) = self.slots.get(&conn) else {
+                continue;
+            };
+            self.check_slot(conn, slot)?;
+        }
+        Ok(())
+    }
+
+    fn check_slot(&self, conn: ConnId, slot: &Slot) -> Result<(), String> {
+        slot.session.check_invariants()?;
+        slot.visitors.check_invariants()?;
+        for visitor in slot.visitors.locals() {
+            if self.visitor_slot.get(&visitor) != Some(&conn) {
+                return Err(format!(
+                    "visitor {visitor} not indexed to connection {conn}"
+                ));
+            }
+        }
+        if let (Some(client), false) = (slot.client, slot.session.is_closed())
+            && self.registry.live_session(client.0) != Some(conn)
+        {
+            return Err(format!(
+                "client {client} has a live session {conn} the registry does not name"
+            ));
+        }
+        if let Some(mux) = slot.session.mux_ref()
+            && mux.stats().flow_control_violations > 0
+        {
+            return Err(format!(
+                "connection {conn}: the peer sent beyond the credit it was granted"
+            ));
+        }
+        Ok(())
     }
 
     /// Checks every session, the registry, the tunnel table and the visitor index.
@@ -1184,15 +1244,7 @@ impl Node {
         self.registry.check_invariants()?;
         self.tunnels.check_invariants()?;
         for (conn, slot) in &self.slots {
-            slot.session.check_invariants()?;
-            slot.visitors.check_invariants()?;
-            for visitor in slot.visitors.locals() {
-                if self.visitor_slot.get(&visitor) != Some(conn) {
-                    return Err(format!(
-                        "visitor {visitor} not indexed to connection {conn}"
-                    ));
-                }
-            }
+            self.check_slot(*conn, slot)?;
         }
         for (visitor, conn) in &self.visitor_slot {
             let held = self

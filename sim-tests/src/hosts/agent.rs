@@ -386,7 +386,14 @@ impl Host for AgentHost {
     }
 
     fn check_invariants(&self) -> Result<(), String> {
-        self.agent.as_ref().map_or(Ok(()), Agent::check_invariants)
+        let Some(agent) = self.agent.as_ref() else {
+            return Ok(());
+        };
+        agent.check_invariants()?;
+        if agent.mux_stats().flow_control_violations > 0 {
+            return Err("the node sent beyond the credit this agent granted".into());
+        }
+        Ok(())
     }
 
     fn digest(&self) -> u64 {

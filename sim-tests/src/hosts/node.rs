@@ -13,6 +13,9 @@ use tunnox_core::session::CloseReason;
 use tunnox_core::wire::Transmit;
 use tunnox_runtime_sim::{ConnId, Duration, Host, HostCtx, HostEvent, Instant, Port};
 
+/// How often (in checks) the whole node is checked, not just what the event touched.
+const FULL_CHECK_EVERY: u64 = 64;
+
 /// Port clients connect to.
 pub const CLIENT_PORT: Port = 7000;
 
@@ -44,6 +47,8 @@ pub struct NodeHost {
     /// Host-local time of the last bytes received per client connection.
     last_rx: BTreeMap<ConnId, Instant>,
     violation: Option<String>,
+    /// Invariant checks so far; every `FULL_CHECK_EVERY`th checks the whole node.
+    checks: core::cell::Cell<u64>,
     /// Sessions that ended by each reason kind, for the report.
     pub closes: BTreeMap<&'static str, u64>,
 }
@@ -66,6 +71,7 @@ impl NodeHost {
             visitors: BTreeMap::new(),
             last_rx: BTreeMap::new(),
             violation: None,
+            checks: core::cell::Cell::new(0),
             closes: BTreeMap::new(),
         }
     }
@@ -342,7 +348,18 @@ impl Host for NodeHost {
         if let Some(v) = &self.violation {
             return Err(v.clone());
         }
-        self.node.as_ref().map_or(Ok(()), Node::check_invariants)
+        let Some(node) = self.node.as_ref() else {
+            return Ok(());
+        };
+        // What the event changed, every time; everything (tunnel table, registry, every
+        // session) periodically and at the end of each phase.
+        let n = self.checks.get() + 1;
+        self.checks.set(n);
+        node.check_touched()?;
+        if n % FULL_CHECK_EVERY == 0 {
+            node.check_invariants()?;
+        }
+        Ok(())
     }
 
     fn digest(&self) -> u64 {
