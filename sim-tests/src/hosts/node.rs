@@ -356,7 +356,7 @@ impl Host for NodeHost {
         let n = self.checks.get() + 1;
         self.checks.set(n);
         node.check_touched()?;
-        if n % FULL_CHECK_EVERY == 0 {
+        if n.is_multiple_of(FULL_CHECK_EVERY) {
             node.check_invariants()?;
         }
         Ok(())
