@@ -536,6 +536,9 @@ fn heal_status(world: &World, cast: &Cast) -> String {
                 a.local_count(),
                 a.stopped()
             );
+            if let Some(agent) = a.agent() {
+                let _ = writeln!(out, "    {}", agent.describe_relays());
+            }
         }
     }
     for id in &cast.visitors {

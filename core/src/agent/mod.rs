@@ -222,6 +222,11 @@ impl Agent {
         self.listen.keys().map(String::as_str)
     }
 
+    /// The relays and pending dials, for diagnostics.
+    pub fn describe_relays(&self) -> String {
+        format!("{:?} pending dials {:?}", self.relays, self.pending_dials)
+    }
+
     /// Local connections being relayed.
     pub fn relay_count(&self) -> usize {
         self.relays.len()
