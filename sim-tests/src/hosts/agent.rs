@@ -133,23 +133,32 @@ impl AgentHost {
         Some(conn)
     }
 
+    /// Writes everything the agent has for the node in one `send` per batch, and handles its
+    /// outputs in order.
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        let mut batch: Option<(ConnId, BytesMut)> = None;
         loop {
             let Some(agent) = self.agent.as_mut() else {
-                return;
+                break;
             };
             if let Some((attempt, t)) = agent.poll_transmit() {
                 if let Some(conn) = self.attempt_conn.get(&attempt) {
-                    let mut buf = BytesMut::with_capacity(t.len());
-                    t.write_to(&mut buf);
-                    let _ = ctx.send(*conn, buf.freeze());
+                    let (_, buf) = batch.get_or_insert_with(|| (*conn, BytesMut::new()));
+                    t.write_to(buf);
                 }
                 continue;
             }
             let Some(out) = agent.poll_output() else {
-                return;
+                break;
             };
+            // Bytes produced before an output go out before it acts.
+            if let Some((conn, buf)) = batch.take() {
+                let _ = ctx.send(conn, buf.freeze());
+            }
             self.on_output(now, out, ctx);
+        }
+        if let Some((conn, buf)) = batch.take() {
+            let _ = ctx.send(conn, buf.freeze());
         }
     }
 

@@ -126,20 +126,26 @@ impl NodeHost {
         }
     }
 
+    /// Writes everything the node has to send, one `send` per connection per batch (frames
+    /// written back to back, as a socket write would), and handles its outputs in order.
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        let mut batches: BTreeMap<ConnId, BytesMut> = BTreeMap::new();
         loop {
             let Some(node) = self.node.as_mut() else {
-                return;
+                break;
             };
             if let Some((conn, t)) = node.poll_transmit() {
-                let _ = ctx.send(ConnId(conn), concat(&t));
+                t.write_to(batches.entry(ConnId(conn)).or_default());
                 continue;
             }
             let Some(out) = node.poll_output() else {
-                return;
+                break;
             };
+            // Bytes produced before an output go out before it acts (a close, say).
+            send_batches(&mut batches, ctx);
             self.on_output(now, out, ctx);
         }
+        send_batches(&mut batches, ctx);
     }
 
     fn on_output(&mut self, now: Instant, out: NodeOutput, ctx: &mut HostCtx<'_>) {
@@ -234,6 +240,12 @@ impl NodeHost {
                 AdminOp::DeleteMapping(id) => node.delete_mapping(now, &id),
             };
         }
+    }
+}
+
+fn send_batches(batches: &mut BTreeMap<ConnId, BytesMut>, ctx: &mut HostCtx<'_>) {
+    for (conn, bytes) in std::mem::take(batches) {
+        let _ = ctx.send(conn, bytes.freeze());
     }
 }
 
