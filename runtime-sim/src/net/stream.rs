@@ -103,7 +103,6 @@ pub(crate) struct Conn {
     port: Port,
     /// Deliveries held by a hold/release fault.
     pub(crate) held: bool,
-    pub(crate) dbg_key: u64,
 }
 
 fn end_id(key: u64, end: usize) -> ConnId {
@@ -139,14 +138,12 @@ impl Conn {
             pipes: [Pipe::default(), Pipe::default()],
             port,
             held: false,
-            dbg_key: 0,
         }
     }
 
     /// Appends a segment to pipe `dir`, arriving no earlier than `arrive_at` nor than its
     /// predecessor.
     fn push(&mut self, dir: usize, arrive_at: Instant, kind: SegKind) {
-        if self.dbg_key == 128 { eprintln!("DBG push dir{dir} at {arrive_at:?} {:?} last {:?} ends {:?}", match &kind { SegKind::Data(b) => format!("data {}", b.len()), k => format!("{k:?}") }, self.pipes[dir].last_arrive_at, self.ends.iter().map(|e| (e.host, e.state, e.write_shut)).collect::<Vec<_>>()); }
         let pipe = &mut self.pipes[dir];
         let arrive_at = arrive_at.max(pipe.last_arrive_at);
         pipe.last_arrive_at = arrive_at;
@@ -276,7 +273,6 @@ impl Network {
         self.next_conn_key += 1;
         stats.connections_opened += 1;
         let mut conn = Conn::new(me, to, port);
-        conn.dbg_key = key;
         if to.index() < self.hosts.len() {
             let lat = self.latency(me, to);
             conn.push(0, now + lat, SegKind::Syn);
@@ -499,7 +495,6 @@ impl Network {
             return None;
         }
         pipe.armed = false;
-        if key == 128 { eprintln!("DBG {now:?} deliver dir{dir} segs {} floor {:?} head {:?} held {} blocked {}", pipe.segs.len(), pipe.floor, pipe.segs.front().map(|h| h.arrive_at), c.held, self.links.blocked(c.ends[dir].host, c.ends[1-dir].host)); }
         let head = pipe.segs.front()?;
         if pipe.due_at(head) > now {
             c.arm(key, dir, now, q);
