@@ -223,7 +223,7 @@ pub enum FaultAction {
         host: HostId,
         /// Inbound rate while throttled.
         bytes_per_sec: u64,
-        /// How long the throttle lasts.
+        /// How long the throttle lasts (bytes it still holds back then arrive right away).
         duration: Duration,
     },
 }

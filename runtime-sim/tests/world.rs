@@ -211,6 +211,91 @@ fn hold_then_release_delivers_everything() {
     assert!(stats.coverage(HELD_THEN_RELEASED) > 0, "{stats}");
 }
 
+/// Bytes queued while a fault holds them back, then `close`: once the fault ends (on its own or
+/// by `heal`) the peer gets every byte and then `Eof` within a few seconds, whatever the fault.
+#[test]
+fn queued_bytes_then_close_reach_the_peer_with_eof_once_faults_end() {
+    const TOTAL: u64 = 200_000;
+    let long = Duration::from_secs(60);
+    let short = Duration::from_secs(1);
+    let cases = |r: HostId, s: HostId| {
+        [
+            // A slow consumer takes ~100 s to absorb TOTAL at this rate: its backlog must flush
+            // when the throttle ends, not when its rate would have got through it.
+            FaultAction::SlowConsumer {
+                host: r,
+                bytes_per_sec: 2_000,
+                duration: short,
+            },
+            FaultAction::SlowConsumer {
+                host: r,
+                bytes_per_sec: 2_000,
+                duration: long,
+            },
+            FaultAction::HoldRelease {
+                pick: 0,
+                duration: short,
+            },
+            FaultAction::HoldRelease {
+                pick: 0,
+                duration: long,
+            },
+            FaultAction::Partition {
+                a: s,
+                b: r,
+                duration: short,
+            },
+            FaultAction::OneWayPartition {
+                from: s,
+                to: r,
+                duration: long,
+            },
+            FaultAction::Isolate {
+                host: r,
+                duration: short,
+            },
+        ]
+    };
+    for i in 0..cases(HostId(0), HostId(1)).len() {
+        let mut world = World::new(quiet_config(40 + i as u64));
+        let r = world.add_host("collector", Collector::default(), HostOptions::new());
+        let s = world.add_host(
+            "streamer",
+            Streamer::new(r, TOTAL, 10_000, ms(50)),
+            HostOptions::new(),
+        );
+        let fault = cases(r, s)[i].clone();
+        world.schedule_fault(Instant::ZERO + ms(200), fault.clone());
+        // Long faults are cut short by `heal` at 3 s; short ones end by themselves before.
+        world.run_until(secs(3)).unwrap();
+        assert!(
+            world.host::<Streamer>(s).unwrap().closed,
+            "{fault}: sent all"
+        );
+        world.heal().unwrap();
+        let ended = |w: &World| w.host::<Collector>(r).unwrap().ended();
+        if let Err(e) = world.run_until_quiet(secs(8), ended) {
+            let c = world.host::<Collector>(r).unwrap();
+            panic!(
+                "{fault}: {e}: received {} of {TOTAL}\n{}",
+                c.received,
+                world.describe_connections()
+            );
+        }
+        let c = world.host::<Collector>(r).unwrap();
+        assert!(c.eof && !c.reset, "{fault}: a clean end");
+        assert_eq!(c.received, TOTAL, "{fault}: every byte before the Eof");
+        assert_eq!(world.host::<Streamer>(s).unwrap().resets, 0, "{fault}");
+        world.run_for(Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            world.live_connections(),
+            0,
+            "{fault}: {}",
+            world.describe_connections()
+        );
+    }
+}
+
 #[test]
 fn crash_resets_peers_and_restart_rebuilds() {
     let (mut world, server, clients) = echo_world(quiet_config(11), 3, 300_000, 1);

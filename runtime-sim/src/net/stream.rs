@@ -56,6 +56,9 @@ enum SegKind {
 #[derive(Debug)]
 struct Segment {
     arrive_at: Instant,
+    /// When it would arrive without the receiver's inbound throttle (before being ordered
+    /// behind its predecessors).
+    unthrottled_at: Instant,
     kind: SegKind,
 }
 
@@ -144,13 +147,52 @@ impl Conn {
     /// Appends a segment to pipe `dir`, arriving no earlier than `arrive_at` nor than its
     /// predecessor.
     fn push(&mut self, dir: usize, arrive_at: Instant, kind: SegKind) {
+        self.push_throttled(dir, arrive_at, arrive_at, kind);
+    }
+
+    /// Like `push`, for a segment that the receiver's inbound throttle delays from
+    /// `unthrottled_at` to `arrive_at`.
+    fn push_throttled(
+        &mut self,
+        dir: usize,
+        arrive_at: Instant,
+        unthrottled_at: Instant,
+        kind: SegKind,
+    ) {
         let pipe = &mut self.pipes[dir];
         let arrive_at = arrive_at.max(pipe.last_arrive_at);
         pipe.last_arrive_at = arrive_at;
         if let SegKind::Data(b) = &kind {
             pipe.data_bytes += b.len() as u64;
         }
-        pipe.segs.push_back(Segment { arrive_at, kind });
+        pipe.segs.push_back(Segment {
+            arrive_at,
+            unthrottled_at,
+            kind,
+        });
+    }
+
+    /// The receiver of pipe `dir` is no longer throttled: segments the throttle pushed past
+    /// `now` arrive when they would have without it, but no earlier than `now` (nor than their
+    /// predecessors). Nothing is delayed; the head's `Deliver` is re-queued if it moved.
+    fn unthrottle(&mut self, key: u64, dir: usize, now: Instant, q: &mut EventQueue<WorldEvent>) {
+        let pipe = &mut self.pipes[dir];
+        let head_was = pipe.segs.front().map(|h| h.arrive_at);
+        let mut last = Instant::ZERO;
+        for seg in &mut pipe.segs {
+            seg.arrive_at = seg.arrive_at.min(seg.unthrottled_at.max(now)).max(last);
+            last = seg.arrive_at;
+        }
+        pipe.last_arrive_at = if pipe.segs.is_empty() {
+            pipe.last_arrive_at.min(now)
+        } else {
+            last
+        };
+        if pipe.segs.front().map(|h| h.arrive_at) != head_was && pipe.armed {
+            // The queued `Deliver` is for the old time: a fresh one (new generation) replaces it.
+            pipe.armed = false;
+            self.arm(key, dir, now, q);
+        }
     }
 
     /// Queues the `Deliver` event for pipe `dir`'s head unless one is queued or the pipe stalls.
@@ -358,7 +400,7 @@ impl Network {
                 ready = ready.max(inbound_free);
             }
             let lat = latency(&config.latency, rng, self.heavy_tail, &self.links, me, dst);
-            c.push(e, ready + lat, SegKind::Data(piece));
+            c.push_throttled(e, ready + lat, link_free + lat, SegKind::Data(piece));
         }
         self.link_free_at.insert((me, dst), link_free);
         if throttle.is_some()
@@ -822,6 +864,30 @@ impl Network {
             h.udp_ports.clear();
         }
         live
+    }
+
+    /// Ends `host`'s inbound throttle (if any): what it held back arrives as if it had never
+    /// been, but no earlier than `now`; its backlog is forgotten.
+    pub(crate) fn end_throttle(
+        &mut self,
+        now: Instant,
+        host: HostId,
+        q: &mut EventQueue<WorldEvent>,
+    ) {
+        let Some(h) = self.hosts.get_mut(host.index()) else {
+            return;
+        };
+        if h.throttle.take().is_none() {
+            return;
+        }
+        h.inbound_free_at = now;
+        for (key, c) in &mut self.conns {
+            for dir in 0..2 {
+                if c.ends[1 - dir].host == host {
+                    c.unthrottle(*key, dir, now, q);
+                }
+            }
+        }
     }
 
     /// Holds deliveries on connection `key`.

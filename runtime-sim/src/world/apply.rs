@@ -212,10 +212,9 @@ impl World {
             }
             FaultStep::EndSpike { a, b, token } => self.net.links.end_spike(a, b, token),
             FaultStep::EndThrottle { host, token } => {
-                if let Some(h) = self.net.hosts.get_mut(host.index())
-                    && h.throttle.is_some_and(|(_, t)| t == token)
-                {
-                    h.throttle = None;
+                let current = self.net.hosts.get(host.index()).and_then(|h| h.throttle);
+                if current.is_some_and(|(_, t)| t == token) {
+                    self.net.end_throttle(now, host, &mut self.queue);
                 }
             }
             FaultStep::Resume { host } => self.resume_host(host),
@@ -245,11 +244,11 @@ impl World {
         self.trace.line(|| format!("{} HEAL", fmt_time(now)));
         self.net.links.clear();
         self.net.release_all();
-        for h in &mut self.net.hosts {
-            h.throttle = None;
+        let ids: Vec<HostId> = self.host_ids().collect();
+        for host in &ids {
+            self.net.end_throttle(now, *host, &mut self.queue);
         }
         self.unblocked();
-        let ids: Vec<HostId> = self.host_ids().collect();
         for host in &ids {
             self.resume_host(*host);
         }

@@ -494,3 +494,156 @@ impl Host for Recorder {
         self.log.len() as u64
     }
 }
+
+/// Port the [`Collector`] listens on.
+pub const COLLECT_PORT: Port = 9;
+
+/// Byte `i` of what a [`Streamer`] sends.
+pub fn stream_byte(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// Connects to a [`Collector`], sends `total` bytes in `piece`-byte sends every `interval`,
+/// then `close`s (FIN after the queued bytes, and forget).
+#[derive(Debug)]
+pub struct Streamer {
+    to: HostId,
+    total: u64,
+    piece: u64,
+    interval: Duration,
+    conn: Option<ConnId>,
+    next: Option<Instant>,
+    pub sent: u64,
+    pub closed: bool,
+    pub resets: u64,
+}
+
+impl Streamer {
+    pub fn new(to: HostId, total: u64, piece: u64, interval: Duration) -> Streamer {
+        Streamer {
+            to,
+            total,
+            piece,
+            interval,
+            conn: None,
+            next: None,
+            sent: 0,
+            closed: false,
+            resets: 0,
+        }
+    }
+}
+
+impl Host for Streamer {
+    fn on_event(&mut self, now: Instant, event: HostEvent, ctx: &mut HostCtx<'_>) {
+        match event {
+            HostEvent::Started => self.conn = Some(ctx.connect(self.to, COLLECT_PORT)),
+            HostEvent::Connected { .. } => self.next = Some(now),
+            HostEvent::Timer => {
+                let Some(conn) = self.conn else { return };
+                let n = self.piece.min(self.total - self.sent);
+                let bytes: Vec<u8> = (self.sent..self.sent + n).map(stream_byte).collect();
+                ctx.send(conn, Bytes::from(bytes)).expect("send");
+                self.sent += n;
+                if self.sent == self.total {
+                    ctx.close(conn).expect("close");
+                    self.closed = true;
+                    self.conn = None;
+                    self.next = None;
+                } else {
+                    self.next = Some(now + self.interval);
+                }
+            }
+            HostEvent::ConnectFailed { .. } | HostEvent::Reset { .. } => {
+                self.resets += 1;
+                self.conn = None;
+                self.next = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        self.next
+    }
+
+    fn crash(&mut self) {
+        self.conn = None;
+        self.next = None;
+    }
+
+    fn restart(&mut self, _now: Instant, _ctx: &mut HostCtx<'_>) {}
+
+    fn check_invariants(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn digest(&self) -> u64 {
+        self.sent
+    }
+}
+
+/// Accepts one connection on [`COLLECT_PORT`] and checks it: the [`Streamer`]'s bytes in order,
+/// then `Eof` (after which it closes), nothing after the end.
+#[derive(Debug, Default)]
+pub struct Collector {
+    conn: Option<ConnId>,
+    pub received: u64,
+    pub eof: bool,
+    pub reset: bool,
+    violation: Option<String>,
+}
+
+impl Collector {
+    /// The connection ended, cleanly or not.
+    pub fn ended(&self) -> bool {
+        self.eof || self.reset
+    }
+}
+
+impl Host for Collector {
+    fn on_event(&mut self, _now: Instant, event: HostEvent, ctx: &mut HostCtx<'_>) {
+        let ended = self.ended();
+        match event {
+            HostEvent::Started => ctx.listen(COLLECT_PORT).expect("listen"),
+            HostEvent::Accepted { conn, .. } => self.conn = Some(conn),
+            HostEvent::Data { bytes, .. } => {
+                if ended {
+                    self.violation = Some("data after the end".into());
+                }
+                for (i, b) in bytes.iter().enumerate() {
+                    if *b != stream_byte(self.received + i as u64) {
+                        self.violation = Some(format!("byte {} differs", self.received + i as u64));
+                        break;
+                    }
+                }
+                self.received += bytes.len() as u64;
+            }
+            HostEvent::Eof { conn } => {
+                if ended {
+                    self.violation = Some("eof after the end".into());
+                }
+                self.eof = true;
+                let _ = ctx.close(conn);
+            }
+            HostEvent::Reset { .. } => self.reset = true,
+            _ => {}
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        None
+    }
+
+    fn crash(&mut self) {}
+
+    fn restart(&mut self, _now: Instant, _ctx: &mut HostCtx<'_>) {}
+
+    fn check_invariants(&self) -> Result<(), String> {
+        self.violation.clone().map_or(Ok(()), Err)
+    }
+
+    fn digest(&self) -> u64 {
+        self.received
+    }
+}
