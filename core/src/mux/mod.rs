@@ -270,12 +270,7 @@ impl Mux {
         }
         let id = self.next_local_id.ok_or(OpenError::IdsExhausted)?;
         self.next_local_id = id.checked_add(2);
-        let stream = Stream::new(
-            Lifecycle::Opening,
-            self.peer.stream_window_bytes,
-            self.config.stream_window_bytes,
-        );
-        self.streams.insert(id, stream);
+        self.streams.insert(id, self.new_stream(Lifecycle::Opening));
         self.pending_opens += 1;
         self.stats.streams_opened += 1;
         self.control.push_back(Frame::Open {
@@ -622,12 +617,8 @@ impl Mux {
             self.stats.opens_refused_by_limit += 1;
             return Ok(());
         }
-        let s = Stream::new(
-            Lifecycle::Incoming,
-            self.peer.stream_window_bytes,
-            self.config.stream_window_bytes,
-        );
-        self.streams.insert(stream, s);
+        self.streams
+            .insert(stream, self.new_stream(Lifecycle::Incoming));
         self.pending_accepts += 1;
         self.stats.streams_accepted += 1;
         self.events
@@ -702,6 +693,15 @@ impl Mux {
     }
 
     // ----- scheduling and credit -----
+
+    /// A fresh stream: send credit as the peer announced, receive window as configured.
+    fn new_stream(&self, lifecycle: Lifecycle) -> Stream {
+        Stream::new(
+            lifecycle,
+            self.peer.stream_window_bytes,
+            self.config.stream_window_bytes,
+        )
+    }
 
     fn stream_limit(&self) -> u32 {
         self.config.max_streams.min(self.peer.max_streams)

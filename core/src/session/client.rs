@@ -111,7 +111,6 @@ pub struct ClientSession {
     client_nonce: [u8; NONCE_LEN],
     node_nonce: Bytes,
     handshake_deadline: Instant,
-    peer_goaway: Option<GoAwayReason>,
     events: VecDeque<ClientEvent>,
 }
 
@@ -149,7 +148,6 @@ impl ClientSession {
             state,
             client_nonce,
             node_nonce: Bytes::new(),
-            peer_goaway: None,
             events: VecDeque::new(),
         }
     }
@@ -266,10 +264,7 @@ impl ClientSession {
         if (self.state == State::Closed) != self.conn.closed.is_some() {
             return Err("client: closed iff a close reason exists".into());
         }
-        self.conn
-            .link
-            .as_ref()
-            .map_or(Ok(()), |l| l.mux.check_invariants())
+        self.conn.check_invariants()
     }
 
     fn close(&mut self, reason: CloseReason, goaway: Option<GoAwayReason>) {
@@ -280,13 +275,7 @@ impl ClientSession {
     }
 
     fn check_drained(&mut self) {
-        if self.conn.drained() {
-            let reason = if self.conn.we_are_draining() {
-                CloseReason::Drained
-            } else {
-                self.peer_goaway
-                    .map_or(CloseReason::Drained, CloseReason::PeerGoAway)
-            };
+        if let Some(reason) = self.conn.drain_outcome() {
             self.close(reason, None);
         }
     }
@@ -308,9 +297,6 @@ impl ClientSession {
         }
         // Pull mux events forward so GOAWAY handling sees them in order.
         while let Some(event) = self.conn.poll_mux_event() {
-            if let MuxEvent::GoAway { reason } = event {
-                self.peer_goaway = Some(reason);
-            }
             if let MuxEvent::GoAway { reason } = event
                 && matches!(reason, GoAwayReason::Replaced | GoAwayReason::Kicked)
             {

@@ -26,6 +26,8 @@ pub(super) struct Conn {
     pub outbox: VecDeque<Transmit>,
     pub link: Option<Link>,
     pub closed: Option<CloseReason>,
+    /// The GOAWAY the peer sent, once it has.
+    peer_goaway: Option<GoAwayReason>,
 }
 
 /// The established part: the mux plus liveness timers.
@@ -52,6 +54,7 @@ impl Conn {
             outbox: VecDeque::new(),
             link: None,
             closed: None,
+            peer_goaway: None,
         }
     }
 
@@ -171,18 +174,32 @@ impl Conn {
         }
     }
 
-    /// The next mux event, and whether the session finished draining.
+    /// The next mux event (a GOAWAY from the peer is remembered on the way).
     pub fn poll_mux_event(&mut self) -> Option<MuxEvent> {
-        self.link.as_mut()?.mux.poll_event()
+        let event = self.link.as_mut()?.mux.poll_event()?;
+        if let MuxEvent::GoAway { reason } = event {
+            self.peer_goaway = Some(reason);
+        }
+        Some(event)
     }
 
-    /// Whether a drain (ours or the peer's) has completed.
-    pub fn drained(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.mux.is_drained())
+    /// Once a drain (ours or the peer's) has completed: why the session ends.
+    pub fn drain_outcome(&self) -> Option<CloseReason> {
+        let link = self.link.as_ref()?;
+        if !link.mux.is_drained() {
+            return None;
+        }
+        Some(match (link.draining, self.peer_goaway) {
+            (false, Some(reason)) => CloseReason::PeerGoAway(reason),
+            _ => CloseReason::Drained,
+        })
     }
 
-    pub fn we_are_draining(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| l.draining)
+    /// The mux's invariants, once established.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.link
+            .as_ref()
+            .map_or(Ok(()), |l| l.mux.check_invariants())
     }
 }
 

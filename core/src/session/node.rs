@@ -113,7 +113,6 @@ pub struct NodeSession {
     client_nonce: Bytes,
     peer_settings: Option<PeerSettings>,
     handshake_deadline: Instant,
-    peer_goaway: Option<GoAwayReason>,
     events: VecDeque<NodeEvent>,
 }
 
@@ -139,7 +138,6 @@ impl NodeSession {
             node_nonce,
             client_nonce: Bytes::new(),
             peer_settings: None,
-            peer_goaway: None,
             events: VecDeque::new(),
         }
     }
@@ -335,10 +333,7 @@ impl NodeSession {
         if matches!(self.state, State::Closed) != self.conn.closed.is_some() {
             return Err("node: closed iff a close reason exists".into());
         }
-        self.conn
-            .link
-            .as_ref()
-            .map_or(Ok(()), |l| l.mux.check_invariants())
+        self.conn.check_invariants()
     }
 
     fn close(&mut self, reason: CloseReason, goaway: Option<GoAwayReason>) {
@@ -349,13 +344,7 @@ impl NodeSession {
     }
 
     fn check_drained(&mut self) {
-        if self.conn.drained() {
-            let reason = if self.conn.we_are_draining() {
-                CloseReason::Drained
-            } else {
-                self.peer_goaway
-                    .map_or(CloseReason::Drained, CloseReason::PeerGoAway)
-            };
+        if let Some(reason) = self.conn.drain_outcome() {
             self.close(reason, None);
         }
     }
@@ -378,9 +367,6 @@ impl NodeSession {
             }
         }
         while let Some(event) = self.conn.poll_mux_event() {
-            if let MuxEvent::GoAway { reason } = event {
-                self.peer_goaway = Some(reason);
-            }
             self.events.push_back(NodeEvent::Stream(event));
         }
         self.check_drained();
