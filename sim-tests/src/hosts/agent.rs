@@ -23,6 +23,23 @@ struct LocalIn {
     eof: bool,
 }
 
+/// Records that socket `conn` is the agent's local connection `local`.
+fn link_local(
+    locals: &mut BTreeMap<ConnId, LocalIn>,
+    local_conn: &mut BTreeMap<LocalId, ConnId>,
+    conn: ConnId,
+    local: LocalId,
+) {
+    locals.insert(
+        conn,
+        LocalIn {
+            local,
+            ..LocalIn::default()
+        },
+    );
+    local_conn.insert(local, conn);
+}
+
 /// Counters of an agent host.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AgentTally {
@@ -282,14 +299,7 @@ impl Host for AgentHost {
                     if let Some(attempt) = self.attempts.get(&conn) {
                         agent.connected(now, *attempt);
                     } else if let Some(local) = self.dialing.remove(&conn) {
-                        self.locals.insert(
-                            conn,
-                            LocalIn {
-                                local,
-                                ..LocalIn::default()
-                            },
-                        );
-                        self.local_conn.insert(local, conn);
+                        link_local(&mut self.locals, &mut self.local_conn, conn, local);
                         agent.dial_result(now, local, Ok(()));
                     }
                 }
@@ -320,14 +330,7 @@ impl Host for AgentHost {
                     return;
                 };
                 let local = conn.0;
-                self.locals.insert(
-                    conn,
-                    LocalIn {
-                        local,
-                        ..LocalIn::default()
-                    },
-                );
-                self.local_conn.insert(local, conn);
+                link_local(&mut self.locals, &mut self.local_conn, conn, local);
                 let addr = core::net::SocketAddr::from((
                     [10, 1, (peer.0 >> 8) as u8, peer.0 as u8],
                     50_000,
