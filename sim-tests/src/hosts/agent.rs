@@ -154,10 +154,7 @@ impl AgentHost {
     /// outputs in order.
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         let mut batch: Option<(ConnId, BytesMut)> = None;
-        loop {
-            let Some(agent) = self.agent.as_mut() else {
-                break;
-            };
+        while let Some(agent) = self.agent.as_mut() {
             if let Some((attempt, t)) = agent.poll_transmit() {
                 if let Some(conn) = self.attempt_conn.get(&attempt) {
                     let (_, buf) = batch.get_or_insert_with(|| (*conn, BytesMut::new()));

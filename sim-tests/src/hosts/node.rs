@@ -130,10 +130,7 @@ impl NodeHost {
     /// written back to back, as a socket write would), and handles its outputs in order.
     fn flush(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         let mut batches: BTreeMap<ConnId, BytesMut> = BTreeMap::new();
-        loop {
-            let Some(node) = self.node.as_mut() else {
-                break;
-            };
+        while let Some(node) = self.node.as_mut() {
             if let Some((conn, t)) = node.poll_transmit() {
                 t.write_to(batches.entry(ConnId(conn)).or_default());
                 continue;
