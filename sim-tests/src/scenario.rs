@@ -116,6 +116,8 @@ pub struct Report {
     pub window_exhausted: u64,
     /// Frames for already-closed streams the node ignored during chaos.
     pub stale_frames: u64,
+    /// Resets the node received that crossed a FIN it had sent.
+    pub rst_crossed_fin: u64,
     /// Virtual time the heal phase needed.
     pub healed_after: Duration,
     /// The readable trace, when the run asked for one.
@@ -161,8 +163,8 @@ impl Report {
         let v = self.visitors;
         let _ = writeln!(
             out,
-            "streams: opened {}  completed {}  reset {}  connect failed {}  bytes verified {}",
-            v.opened, v.completed, v.reset, v.connect_failed, v.bytes_verified
+            "streams: opened {}  completed {}  reset {}  aborted {}  connect failed {}  bytes verified {}",
+            v.opened, v.completed, v.reset, v.aborted, v.connect_failed, v.bytes_verified
         );
         let _ = writeln!(
             out,
@@ -184,6 +186,7 @@ impl Report {
             .collect();
         c.insert("window_exhausted".into(), self.window_exhausted);
         c.insert("stale_frames_ignored".into(), self.stale_frames);
+        c.insert("rst_crossed_fin".into(), self.rst_crossed_fin);
         c.insert("visitor_streams_reset".into(), self.visitors.reset);
         c
     }
@@ -630,6 +633,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
             visitors.opened += t.opened;
             visitors.completed += t.completed;
             visitors.reset += t.reset;
+            visitors.aborted += t.aborted;
             visitors.connect_failed += t.connect_failed;
             visitors.bytes_verified += t.bytes_verified;
         }
@@ -649,6 +653,7 @@ pub fn run(config: &ScenarioConfig) -> Result<Report, Box<Failure>> {
         sessions,
         window_exhausted: node_stats.credit_exhausted,
         stale_frames: node_stats.stale_frames,
+        rst_crossed_fin: node_stats.rst_crossed_fin,
         healed_after: healed_at.saturating_duration_since(heal_start),
         trace: world.trace_lines().map(str::to_owned).collect(),
     })

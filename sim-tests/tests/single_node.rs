@@ -47,6 +47,8 @@ fn single_node_sweep() {
         "visitor_completed",
         "window_exhausted",
         "stale_frames_ignored",
+        "rst_crossed_fin",
+        "visitor_aborted",
     ] {
         assert!(
             coverage.get(counter).copied().unwrap_or(0) > 0,

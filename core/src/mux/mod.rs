@@ -105,6 +105,8 @@ pub struct MuxStats {
     /// Streams reset because the peer sent beyond their credit or after their FIN (never
     /// between correct peers).
     pub flow_control_violations: u64,
+    /// Peer resets that crossed a FIN we had already sent.
+    pub rst_crossed_fin: u64,
 }
 
 impl MuxStats {
@@ -124,6 +126,7 @@ impl MuxStats {
         self.resets_sent += other.resets_sent;
         self.resets_received += other.resets_received;
         self.flow_control_violations += other.flow_control_violations;
+        self.rst_crossed_fin += other.rst_crossed_fin;
     }
 }
 
@@ -590,8 +593,11 @@ impl Mux {
     }
 
     fn on_rst(&mut self, stream: StreamId, reason: ResetReason) -> Result<(), MuxError> {
-        if !self.streams.contains_key(&stream) {
+        let Some(s) = self.streams.get(&stream) else {
             return self.check_stale(crate::wire::FrameType::Rst, stream);
+        };
+        if s.fin_sent {
+            self.stats.rst_crossed_fin += 1;
         }
         self.stats.resets_received += 1;
         self.events.push_back(MuxEvent::Reset { stream, reason });

@@ -188,6 +188,8 @@ pub struct Node {
     timers: BTreeSet<(Instant, ConnId)>,
     timer_of: BTreeMap<ConnId, Instant>,
     outputs: VecDeque<NodeOutput>,
+    /// Stream-layer counters of sessions already gone (live ones are summed on demand).
+    closed_mux_stats: crate::mux::MuxStats,
     /// Bytes received, bytes transmitted and outputs produced: a cheap running fingerprint.
     activity: (u64, u64, u64),
 }
@@ -216,6 +218,7 @@ impl Node {
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
             outputs: VecDeque::new(),
+            closed_mux_stats: crate::mux::MuxStats::default(),
             activity: (0, 0, 0),
             state,
         };
@@ -305,6 +308,7 @@ impl Node {
             for visitor in slot.visitors.locals() {
                 self.visitor_slot.remove(&visitor);
             }
+            self.closed_mux_stats.add(&slot.session.mux_stats());
         }
         self.dirty.remove(&conn);
         if let Some(at) = self.timer_of.remove(&conn) {
@@ -1168,11 +1172,12 @@ impl Node {
         counts
     }
 
-    /// Sum of the stream-layer counters of every live session (for metrics and coverage).
+    /// Stream-layer counters of every session since the node started (for metrics and
+    /// coverage).
     pub fn mux_stats(&self) -> crate::mux::MuxStats {
-        let mut total = crate::mux::MuxStats::default();
-        for mux in self.slots.values().filter_map(|s| s.session.mux_ref()) {
-            total.add(mux.stats());
+        let mut total = self.closed_mux_stats.clone();
+        for slot in self.slots.values() {
+            total.add(&slot.session.mux_stats());
         }
         total
     }

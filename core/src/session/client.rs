@@ -172,6 +172,11 @@ impl ClientSession {
         self.conn.link.as_mut().map(|l| &mut l.mux)
     }
 
+    /// Stream-layer counters of this session (kept after it closes).
+    pub fn mux_stats(&self) -> crate::mux::MuxStats {
+        self.conn.mux_stats()
+    }
+
     /// The stream multiplexer, read-only.
     pub fn mux_ref(&self) -> Option<&Mux> {
         self.conn.link.as_ref().map(|l| &l.mux)

@@ -28,6 +28,8 @@ pub(super) struct Conn {
     pub closed: Option<CloseReason>,
     /// The GOAWAY the peer sent, once it has.
     peer_goaway: Option<GoAwayReason>,
+    /// The mux's counters when the session closed (the mux itself is dropped).
+    final_mux_stats: Option<crate::mux::MuxStats>,
 }
 
 /// The established part: the mux plus liveness timers.
@@ -55,6 +57,7 @@ impl Conn {
             link: None,
             closed: None,
             peer_goaway: None,
+            final_mux_stats: None,
         }
     }
 
@@ -87,8 +90,11 @@ impl Conn {
         if self.closed.is_some() {
             return false;
         }
-        if let (Some(_), Some(reason)) = (self.link.take(), goaway) {
-            self.send(Frame::GoAway { reason });
+        if let Some(link) = self.link.take() {
+            self.final_mux_stats = Some(link.mux.stats().clone());
+            if let Some(reason) = goaway {
+                self.send(Frame::GoAway { reason });
+            }
         }
         self.closed = Some(reason);
         true
@@ -193,6 +199,14 @@ impl Conn {
             (false, Some(reason)) => CloseReason::PeerGoAway(reason),
             _ => CloseReason::Drained,
         })
+    }
+
+    /// The mux's counters: live, or as they were when the session closed.
+    pub fn mux_stats(&self) -> crate::mux::MuxStats {
+        match &self.link {
+            Some(link) => link.mux.stats().clone(),
+            None => self.final_mux_stats.clone().unwrap_or_default(),
+        }
     }
 
     /// The mux's invariants, once established.

@@ -55,6 +55,8 @@ struct Visit {
     sent: u64,
     received: u64,
     next_piece_at: Instant,
+    /// This visit aborts (resets) once it has half of what it expects back.
+    aborts: bool,
 }
 
 /// Outcome counters of a visitor host.
@@ -66,6 +68,8 @@ pub struct VisitorTally {
     pub completed: u64,
     /// Connections reset (both ends saw a reset: an allowed outcome under faults).
     pub reset: u64,
+    /// Connections the visitor itself abandoned with a reset midway (part of the workload).
+    pub aborted: u64,
     /// Connection attempts that failed (listener not there yet, partition).
     pub connect_failed: u64,
     /// Bytes sent and verified received.
@@ -152,6 +156,7 @@ impl VisitorHost {
         if self.visits.len() < self.plan.concurrency as usize {
             let entry = self.plan.entries[ctx.rng().below(self.plan.entries.len() as u64) as usize];
             let total = ctx.rng().below(self.plan.max_bytes + 1);
+            let aborts = ctx.rng().below(8) == 0;
             let conn = ctx.connect(entry.host, entry.port);
             self.next_seed += 1;
             self.visits.insert(
@@ -164,6 +169,7 @@ impl VisitorHost {
                     sent: 0,
                     received: 0,
                     next_piece_at: now,
+                    aborts,
                 },
             );
             self.tally.opened += 1;
@@ -198,7 +204,7 @@ impl VisitorHost {
         }
     }
 
-    fn on_data(&mut self, conn: ConnId, bytes: &[u8]) {
+    fn on_data(&mut self, conn: ConnId, bytes: &[u8], ctx: &mut HostCtx<'_>) {
         let Some(v) = self.visits.get_mut(&conn) else {
             return;
         };
@@ -217,7 +223,14 @@ impl VisitorHost {
             return self.violate(message);
         }
         if let Some(at) = pattern::first_mismatch(seed, offset, bytes) {
-            self.violate(format!("{conn}: byte {at} differs from what was sent"));
+            return self.violate(format!("{conn}: byte {at} differs from what was sent"));
+        }
+        // Some visitors give up halfway: the reset must travel back through the tunnel.
+        if v.aborts && received * 2 >= limit {
+            self.visits.remove(&conn);
+            let _ = ctx.reset(conn);
+            self.tally.aborted += 1;
+            ctx.count("visitor_aborted");
         }
     }
 
@@ -265,7 +278,7 @@ impl Host for VisitorHost {
                 self.visits.remove(&conn);
                 self.tally.connect_failed += 1;
             }
-            HostEvent::Data { conn, bytes } => self.on_data(conn, &bytes),
+            HostEvent::Data { conn, bytes } => self.on_data(conn, &bytes, ctx),
             HostEvent::Eof { conn } => self.on_eof(conn, ctx),
             HostEvent::Reset { conn } => {
                 if self.visits.remove(&conn).is_some() {
