@@ -68,13 +68,23 @@ impl World {
     }
 
     fn add_agent(&mut self, client: ClientId, key: AuthKey) -> usize {
-        let config = AgentConfig::new(
+        self.add_agent_with(client, key, |_| {})
+    }
+
+    fn add_agent_with(
+        &mut self,
+        client: ClientId,
+        key: AuthKey,
+        tune: impl FnOnce(&mut AgentConfig),
+    ) -> usize {
+        let mut config = AgentConfig::new(
             ClientIdentity::Login {
                 client_id: client.0,
                 key,
             },
             1,
         );
+        tune(&mut config);
         self.agents.push(Agent::new(
             self.now,
             config,
@@ -438,4 +448,39 @@ fn deleting_a_mapping_resets_its_tunnels_and_stops_the_listener() {
     assert_eq!(w.visitors[&(0, 1)].closed, Some(true));
     assert_eq!(w.agents[0].listening().count(), 0);
     assert_eq!(w.node.stream_count(), 0);
+}
+
+#[test]
+fn a_paused_visitor_resumes_as_soon_as_frames_leave() {
+    let mut w = World::new();
+    let (a, secret_a) = w.node.create_client(w.now, None, "listen").unwrap();
+    let (b, secret_b) = w.node.create_client(w.now, None, "target").unwrap();
+    w.add_agent_with(a, secret_a.auth_key(), |c| {
+        c.session.mux.send_buffer_bytes = 64 * 1024
+    });
+    w.add_agent(b, secret_b.auth_key());
+    let id = w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.settle();
+    let now = w.now;
+    w.agents[0].visitor_accepted(now, id.as_str(), 1, None);
+    // The stream's send buffer takes 64 KiB of 200 KiB: the runtime must pause reading.
+    assert_eq!(
+        w.agents[0].local_data(now, 1, random(7, 200 * 1024)),
+        64 * 1024
+    );
+    // Pull the frames out without delivering anything back: no input reaches the agent, yet
+    // the freed buffer must resume the visitor at once (not at the next heartbeat).
+    while w.agents[0].poll_transmit().is_some() {}
+    let outputs: Vec<AgentOutput> = std::iter::from_fn(|| w.agents[0].poll_output()).collect();
+    assert!(
+        outputs.contains(&AgentOutput::Local(LocalOutput::ResumeRead { local: 1 })),
+        "{outputs:?}"
+    );
 }

@@ -166,6 +166,10 @@ pub struct Agent {
     next_dial: LocalId,
     client_id: Option<ClientId>,
     established_sessions: u64,
+    /// The latest time any input carried (for work triggered by pulling output).
+    last_now: Instant,
+    /// Final frames of a session that closed, still to be written before its connection closes.
+    closing: VecDeque<(AttemptId, Transmit)>,
     outputs: VecDeque<AgentOutput>,
 }
 
@@ -191,6 +195,8 @@ impl Agent {
             next_dial: DIAL_ID_BASE,
             client_id,
             established_sessions: 0,
+            last_now: now,
+            closing: VecDeque::new(),
             outputs: VecDeque::new(),
         };
         agent.connect(now);
@@ -312,10 +318,17 @@ impl Agent {
 
     /// The next bytes for the node.
     pub fn poll_transmit(&mut self) -> Option<(AttemptId, Transmit)> {
-        match &mut self.phase {
-            Phase::Session { attempt, session } => session.poll_transmit().map(|t| (*attempt, t)),
-            _ => None,
+        if let Some(last) = self.closing.pop_front() {
+            return Some(last);
         }
+        let Phase::Session { attempt, session } = &mut self.phase else {
+            return None;
+        };
+        let attempt = *attempt;
+        let t = session.poll_transmit()?;
+        // Sending frees send buffers and raises `Writable`: paused sockets resume now.
+        self.after_session(self.last_now);
+        Some((attempt, t))
     }
 
     /// The next output for the runtime.
@@ -512,6 +525,12 @@ impl Agent {
             Phase::Connecting { attempt } => (*attempt, fallback),
             _ => return,
         };
+        // The session's last frames (a GOAWAY saying why) go out before the close.
+        if let Phase::Session { session, .. } = &mut self.phase {
+            while let Some(t) = session.poll_transmit() {
+                self.closing.push_back((attempt, t));
+            }
+        }
         self.relays.reset_all();
         self.pending_dials.clear();
         self.drain_relay_outputs();
@@ -519,6 +538,11 @@ impl Agent {
             .push_back(AgentOutput::CloseConnection { attempt });
         if reason.is_fatal_for_client() {
             self.phase = Phase::Stopped;
+            // No session will come back: stop accepting visitors.
+            for mapping in std::mem::take(&mut self.listen).into_keys() {
+                self.outputs
+                    .push_back(AgentOutput::StopListening { mapping });
+            }
             self.outputs.push_back(AgentOutput::Stopped { reason });
             return;
         }
@@ -532,6 +556,7 @@ impl Agent {
     }
 
     fn after_session(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         loop {
             let event = match &mut self.phase {
                 Phase::Session { session, .. } => session.poll_event(),

@@ -176,9 +176,12 @@ pub struct Node {
     slots: BTreeMap<ConnId, Slot>,
     registry: SessionRegistry,
     tunnels: TunnelTable,
+    /// Visitors accepted and not yet closed (so each gets exactly one `Close`).
+    open_visitors: BTreeSet<LocalId>,
     /// Which session holds each visitor's target stream.
     visitor_slot: BTreeMap<LocalId, ConnId>,
-    node_ports: BTreeMap<u16, MappingId>,
+    /// Node ports served: the mapping and the address bound.
+    node_ports: BTreeMap<u16, (MappingId, Option<String>)>,
     /// Connections that may have bytes to send.
     dirty: BTreeSet<ConnId>,
     /// Connections changed since the last `check_touched` (interior mutability: checking
@@ -188,6 +191,8 @@ pub struct Node {
     timers: BTreeSet<(Instant, ConnId)>,
     timer_of: BTreeMap<ConnId, Instant>,
     outputs: VecDeque<NodeOutput>,
+    /// The latest time any input carried (for work triggered by pulling output).
+    last_now: Instant,
     /// Stream-layer counters of sessions already gone (live ones are summed on demand).
     closed_mux_stats: crate::mux::MuxStats,
     /// Bytes received, bytes transmitted and outputs produced: a cheap running fingerprint.
@@ -211,6 +216,7 @@ impl Node {
             config_version: 1,
             slots: BTreeMap::new(),
             registry: SessionRegistry::new(),
+            open_visitors: BTreeSet::new(),
             visitor_slot: BTreeMap::new(),
             node_ports: BTreeMap::new(),
             dirty: BTreeSet::new(),
@@ -218,6 +224,7 @@ impl Node {
             timers: BTreeSet::new(),
             timer_of: BTreeMap::new(),
             outputs: VecDeque::new(),
+            last_now: now,
             closed_mux_stats: crate::mux::MuxStats::default(),
             activity: (0, 0, 0),
             state,
@@ -324,7 +331,7 @@ impl Node {
                 .get_mut(&conn)
                 .and_then(|s| s.session.poll_transmit())
             {
-                self.after_mux_activity(conn);
+                self.after_transmit(conn, &t);
                 return Some((conn, t));
             }
             self.dirty.remove(&conn);
@@ -335,9 +342,15 @@ impl Node {
     /// The next bytes to write on `conn` only.
     pub fn poll_transmit_for(&mut self, conn: ConnId) -> Option<Transmit> {
         let t = self.slots.get_mut(&conn)?.session.poll_transmit()?;
-        self.activity.1 += t.len() as u64;
-        self.after_mux_activity(conn);
+        self.after_transmit(conn, &t);
         Some(t)
+    }
+
+    /// Sending DATA frees send buffers, which raises `Writable` events in the mux: handle them
+    /// now (a paused relay resumes), not at the next input.
+    fn after_transmit(&mut self, conn: ConnId, t: &Transmit) {
+        self.activity.1 += t.len() as u64;
+        self.after_session_input(self.last_now, conn);
     }
 
     /// The next output for the runtime.
@@ -382,7 +395,8 @@ impl Node {
         visitor: LocalId,
         addr: Option<core::net::SocketAddr>,
     ) {
-        let Some(mapping_id) = self.node_ports.get(&port).cloned() else {
+        self.open_visitors.insert(visitor);
+        let Some((mapping_id, _)) = self.node_ports.get(&port).cloned() else {
             self.outputs
                 .push_back(NodeOutput::Visitor(LocalOutput::Close {
                     local: visitor,
@@ -433,6 +447,8 @@ impl Node {
 
     /// The visitor socket failed or was closed abortively.
     pub fn visitor_reset(&mut self, now: Instant, visitor: LocalId) {
+        // The runtime already lost the socket: it needs no Close.
+        self.open_visitors.remove(&visitor);
         self.with_visitor(now, visitor, |relays, mux, _| {
             relays.local_reset(mux, visitor)
         });
@@ -547,13 +563,15 @@ impl Node {
             && self
                 .node_ports
                 .get(&port)
-                .is_some_and(|id| *id != mapping.id)
+                .is_some_and(|(id, _)| *id != mapping.id)
         {
             return Err(AdminError::Conflict(format!("node port {port}")));
         }
         if let Some(previous) = &previous
             && (previous.entry != mapping.entry
                 || previous.target != mapping.target
+                || previous.target_client != mapping.target_client
+                || previous.protocol != mapping.protocol
                 || mapping.status != MappingStatus::Active)
         {
             self.tunnels.mapping_removed(&mapping.id);
@@ -628,18 +646,19 @@ impl Node {
                 _ => None,
             })
             .collect();
+        // A port no longer wanted, or now bound to another address, is closed first.
         let stale: Vec<u16> = self
             .node_ports
-            .keys()
-            .filter(|p| !wanted.contains_key(p))
-            .copied()
+            .iter()
+            .filter(|(p, (_, bind))| wanted.get(p).is_none_or(|(_, b)| b != bind))
+            .map(|(p, _)| *p)
             .collect();
         for port in stale {
             self.node_ports.remove(&port);
             self.outputs.push_back(NodeOutput::StopNodePort { port });
         }
         for (port, (id, bind)) in wanted {
-            if self.node_ports.insert(port, id).is_none() {
+            if self.node_ports.insert(port, (id, bind.clone())).is_none() {
                 self.outputs
                     .push_back(NodeOutput::ListenNodePort { port, bind });
             }
@@ -676,6 +695,7 @@ impl Node {
     /// After anything that may have changed a session: handle its events, tunnel actions, and
     /// note its output and timer.
     fn after_session_input(&mut self, now: Instant, conn: ConnId) {
+        self.last_now = self.last_now.max(now);
         loop {
             let Some(event) = self
                 .slots
@@ -1015,6 +1035,7 @@ impl Node {
     }
 
     fn run_tunnel_actions(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
         while let Some(action) = self.tunnels.poll_action() {
             match action {
                 TunnelAction::OpenTarget {
@@ -1137,11 +1158,13 @@ impl Node {
             self.drain_visitor_outputs_no_mux(conn);
             return;
         }
-        self.outputs
-            .push_back(NodeOutput::Visitor(LocalOutput::Close {
-                local: visitor,
-                reset: true,
-            }));
+        if self.open_visitors.remove(&visitor) {
+            self.outputs
+                .push_back(NodeOutput::Visitor(LocalOutput::Close {
+                    local: visitor,
+                    reset: true,
+                }));
+        }
     }
 
     fn drain_visitor_outputs(&mut self, _now: Instant, conn: ConnId) {
@@ -1154,8 +1177,20 @@ impl Node {
             return;
         };
         while let Some(out) = slot.visitors.poll_output() {
-            if let LocalOutput::Close { local, .. } = out {
-                self.visitor_slot.remove(&local);
+            match &out {
+                LocalOutput::Close { local, .. } => {
+                    self.visitor_slot.remove(local);
+                    if !self.open_visitors.remove(local) {
+                        continue;
+                    }
+                }
+                LocalOutput::Write { local, bytes } => {
+                    // Bytes target -> visitor count for the tunnel's traffic figures.
+                    if let Some(target) = self.tunnels.peer(Endpoint::Local(*local)) {
+                        self.tunnels.record_transfer(target, bytes.len() as u64);
+                    }
+                }
+                LocalOutput::Finish { .. } | LocalOutput::ResumeRead { .. } => {}
             }
             self.outputs.push_back(NodeOutput::Visitor(out));
         }

@@ -239,8 +239,13 @@ impl ClientSession {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        let event = self.conn.poll_mux_event()?;
-        Some(ClientEvent::Stream(event))
+        if let Some(event) = self.conn.poll_mux_event() {
+            return Some(ClientEvent::Stream(event));
+        }
+        // The last stream may have gone without any input (read to its end, FIN sent, reset):
+        // a drain completes here too.
+        self.check_drained();
+        self.events.pop_front()
     }
 
     /// Acknowledges an applied configuration version.

@@ -240,7 +240,13 @@ impl NodeSession {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        Some(NodeEvent::Stream(self.conn.poll_mux_event()?))
+        if let Some(event) = self.conn.poll_mux_event() {
+            return Some(NodeEvent::Stream(event));
+        }
+        // The last stream may have gone without any input (read to its end, FIN sent, reset):
+        // a drain completes here too.
+        self.check_drained();
+        self.events.pop_front()
     }
 
     /// Answers `CredentialsNeeded`: the client's key (`None` if no such client may log in) and

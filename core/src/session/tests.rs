@@ -496,8 +496,23 @@ fn goaway_drains_open_streams_then_closes_both_ends() {
         pair.client.mux().unwrap().read(pair.now, id, 100).unwrap(),
         ReadOutcome::Finished
     );
-    pair.client.handle_buffered(pair.now);
-    pair.node.handle_buffered(pair.now);
+    // The reads removed the last stream; no input follows, yet both drains complete.
+    assert_eq!(
+        pair.node.poll_event(),
+        Some(NodeEvent::Closed(CloseReason::Drained))
+    );
+    assert_eq!(
+        pair.client.poll_event(),
+        Some(ClientEvent::Closed(CloseReason::PeerGoAway(
+            GoAwayReason::Shutdown
+        )))
+    );
+    pair.node_events
+        .push(NodeEvent::Closed(CloseReason::Drained));
+    pair.client_events
+        .push(ClientEvent::Closed(CloseReason::PeerGoAway(
+            GoAwayReason::Shutdown,
+        )));
     pair.step();
     assert_eq!(pair.node_closed(), Some(&CloseReason::Drained));
     assert_eq!(
