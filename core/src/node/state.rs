@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::control::{ClientId, ClientRecord, Entry, Mapping, MappingId, User, UserId};
+use crate::control::{
+    ClientId, ClientRecord, Code, ConnectionCode, Entry, Mapping, MappingId, User, UserId,
+};
 
 /// Everything a node must find again after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -13,6 +15,9 @@ pub struct ControlState {
     pub clients: BTreeMap<ClientId, ClientRecord>,
     /// Mappings by id.
     pub mappings: BTreeMap<MappingId, Mapping>,
+    /// Connection codes by code (unused, used and revoked ones until they are removed).
+    #[serde(default)]
+    pub codes: BTreeMap<Code, ConnectionCode>,
 }
 
 /// One durable change, emitted by the node for its storage to apply in order.
@@ -26,6 +31,10 @@ pub enum StateChange {
     PutMapping(Mapping),
     /// Remove a mapping.
     DeleteMapping(MappingId),
+    /// Insert or replace a connection code.
+    PutCode(ConnectionCode),
+    /// Remove a connection code.
+    DeleteCode(Code),
 }
 
 impl ControlState {
@@ -43,6 +52,12 @@ impl ControlState {
             }
             StateChange::DeleteMapping(id) => {
                 self.mappings.remove(id);
+            }
+            StateChange::PutCode(code) => {
+                self.codes.insert(code.code().clone(), code.clone());
+            }
+            StateChange::DeleteCode(code) => {
+                self.codes.remove(code);
             }
         }
     }
