@@ -41,6 +41,7 @@ struct World {
     /// Whether target dials succeed.
     target_up: bool,
     stopped: Vec<(usize, CloseReason)>,
+    responses: Vec<(usize, tunnox_proto::wire::ControlResponse)>,
 }
 
 const NODE_SIDE: usize = usize::MAX;
@@ -64,6 +65,7 @@ impl World {
             visitors: BTreeMap::new(),
             target_up: true,
             stopped: Vec::new(),
+            responses: Vec::new(),
         }
     }
 
@@ -213,6 +215,7 @@ impl World {
                 self.visitors.entry((i, local)).or_default().open_failed = Some(error);
             }
             AgentOutput::Stopped { reason } => self.stopped.push((i, reason)),
+            AgentOutput::ControlResponse(response) => self.responses.push((i, response)),
             _ => {}
         }
     }
@@ -483,4 +486,152 @@ fn a_paused_visitor_resumes_as_soon_as_frames_leave() {
         outputs.contains(&AgentOutput::Local(LocalOutput::ResumeRead { local: 1 })),
         "{outputs:?}"
     );
+}
+
+mod codes {
+    use tunnox_proto::wire::{
+        self as pb, ControlErrorKind, control_request::Body, control_response::Result as Reply,
+    };
+
+    use super::*;
+    use tunnox_core::time::Duration;
+
+    /// Sends a control request from `agent` and returns the node's answer.
+    fn ask(w: &mut World, agent: usize, body: Body) -> Reply {
+        let id = w.agents[agent].control(body).expect("established");
+        w.settle();
+        let at = w
+            .responses
+            .iter()
+            .position(|(a, r)| *a == agent && r.request_id == id)
+            .expect("a response");
+        w.responses.remove(at).1.result.expect("a result")
+    }
+
+    fn create(w: &mut World, agent: usize, activation_ttl_secs: u32) -> String {
+        let reply = ask(
+            w,
+            agent,
+            Body::CreateCode(pb::CreateCode {
+                target: Some(pb::TargetAddr {
+                    host: "127.0.0.1".into(),
+                    port: 7,
+                }),
+                protocol: pb::Protocol::Tcp as i32,
+                activation_ttl_secs,
+                mapping_ttl_secs: 0,
+                description: "echo".into(),
+            }),
+        );
+        let Reply::Code(info) = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(info.state, "unused");
+        info.code
+    }
+
+    fn activate(w: &mut World, agent: usize, code: &str, port: u16) -> Reply {
+        ask(
+            w,
+            agent,
+            Body::ActivateCode(pb::ActivateCode {
+                code: code.into(),
+                listen_addr: format!("127.0.0.1:{port}"),
+            }),
+        )
+    }
+
+    fn kind(reply: &Reply) -> Option<ControlErrorKind> {
+        match reply {
+            Reply::Error(e) => ControlErrorKind::try_from(e.kind).ok(),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_code_created_by_the_target_and_redeemed_by_the_listener_carries_traffic() {
+        let (mut w, _a, _b) = two_clients();
+        // The target client (agent 1) offers 127.0.0.1:7; the listen client redeems the code.
+        let code = create(&mut w, 1, 0);
+        assert_eq!(code.len(), 11);
+        let Reply::Mapping(info) = activate(&mut w, 0, &code, 13306) else {
+            panic!()
+        };
+        assert_eq!(info.listen_addr, "127.0.0.1:13306");
+        assert!(
+            info.expires_at_ms > WALL.0,
+            "a code mapping expires (7 days by default)"
+        );
+        assert_eq!(
+            w.agents[0].listening().collect::<Vec<_>>(),
+            vec![info.mapping_id.as_str()]
+        );
+        // Traffic flows through the new mapping.
+        let now = w.now;
+        w.agents[0].visitor_accepted(now, &info.mapping_id, 1, None);
+        w.agents[0].local_data(now, 1, Bytes::from_static(b"via a code"));
+        w.agents[0].local_eof(now, 1);
+        w.settle();
+        assert_eq!(w.visitors[&(0, 1)].received, b"via a code".to_vec());
+        // Single use: a second redemption is refused, the code is recorded as used.
+        assert_eq!(
+            kind(&activate(&mut w, 0, &code, 13307)),
+            Some(ControlErrorKind::AlreadyUsed)
+        );
+        let Reply::Codes(list) = ask(&mut w, 1, Body::ListCodes(pb::ListCodes {})) else {
+            panic!()
+        };
+        assert_eq!(list.codes.len(), 1);
+        assert_eq!(list.codes[0].state, "used");
+        assert_eq!(w.node.state().codes.len(), 1, "codes are durable state");
+    }
+
+    #[test]
+    fn bad_expired_revoked_self_and_foreign_requests_get_typed_errors() {
+        let (mut w, _a, _b) = two_clients();
+        assert_eq!(
+            kind(&activate(&mut w, 0, "not a code!", 13306)),
+            Some(ControlErrorKind::Invalid)
+        );
+        assert_eq!(
+            kind(&activate(&mut w, 0, "abc-def-234", 13306)),
+            Some(ControlErrorKind::NotFound)
+        );
+        let own = create(&mut w, 1, 0);
+        assert_eq!(
+            kind(&activate(&mut w, 1, &own, 13306)),
+            Some(ControlErrorKind::SelfActivation)
+        );
+        assert_eq!(
+            kind(&activate(&mut w, 0, &own, 0)),
+            Some(ControlErrorKind::Invalid),
+            "port 0"
+        );
+        // Only the creator may revoke; a revoked code cannot be redeemed.
+        let revoke = |code: &str| Body::RevokeCode(pb::RevokeCode { code: code.into() });
+        assert_eq!(
+            kind(&ask(&mut w, 0, revoke(&own))),
+            Some(ControlErrorKind::Forbidden)
+        );
+        let Reply::Code(revoked) = ask(&mut w, 1, revoke(&own)) else {
+            panic!()
+        };
+        assert_eq!(revoked.state, "revoked");
+        assert_eq!(
+            kind(&activate(&mut w, 0, &own, 13306)),
+            Some(ControlErrorKind::Revoked)
+        );
+        // A code not redeemed within its activation TTL expires.
+        let short = create(&mut w, 1, 60);
+        w.now = w.now + Duration::from_secs(61);
+        assert_eq!(
+            kind(&activate(&mut w, 0, &short, 13306)),
+            Some(ControlErrorKind::Expired)
+        );
+        assert_eq!(
+            w.agents[0].listening().count(),
+            0,
+            "no mapping came of any of it"
+        );
+    }
 }

@@ -124,6 +124,8 @@ pub enum AgentOutput {
         /// Why.
         reason: CloseReason,
     },
+    /// The node answered a control request made with `Agent::control`.
+    ControlResponse(pb::ControlResponse),
     /// A visitor's open was refused by the node or the target side.
     OpenFailed {
         /// The visitor's local id.
@@ -168,6 +170,8 @@ pub struct Agent {
     established_sessions: u64,
     /// The latest time any input carried (for work triggered by pulling output).
     last_now: Instant,
+    /// Id of the last control request.
+    next_request: u64,
     /// Final frames of a session that closed, still to be written before its connection closes.
     closing: VecDeque<(AttemptId, Transmit)>,
     outputs: VecDeque<AgentOutput>,
@@ -196,6 +200,7 @@ impl Agent {
             client_id,
             established_sessions: 0,
             last_now: now,
+            next_request: 0,
             closing: VecDeque::new(),
             outputs: VecDeque::new(),
         };
@@ -355,6 +360,23 @@ impl Agent {
             }
             _ => {}
         }
+    }
+
+    /// Sends a control request (create, activate, list or revoke connection codes). Returns its
+    /// id, which the `ControlResponse` output carries, or `None` when no session is established.
+    pub fn control(&mut self, body: pb::control_request::Body) -> Option<u64> {
+        let Phase::Session { session, .. } = &mut self.phase else {
+            return None;
+        };
+        if !session.is_established() {
+            return None;
+        }
+        self.next_request += 1;
+        session.send_control(pb::ControlRequest {
+            request_id: self.next_request,
+            body: Some(body),
+        });
+        Some(self.next_request)
     }
 
     // ----- local sockets -----
@@ -598,6 +620,10 @@ impl Agent {
                 });
             }
             ClientEvent::ConfigPushed(push) => self.apply_config(push),
+            ClientEvent::ControlResponse(response) => {
+                self.outputs
+                    .push_back(AgentOutput::ControlResponse(response));
+            }
             ClientEvent::Stream(event) => self.on_stream_event(now, event),
             ClientEvent::Closed(_) => self.lose_session(now, CloseReason::Local),
         }

@@ -6,6 +6,7 @@
 //! (`visitor_accepted`, `visitor_data`, `visitor_eof`, …) and time (`handle_timeout`); it pulls
 //! bytes to write with `poll_transmit` and everything else with `poll_output`.
 
+mod control_plane;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -756,6 +757,7 @@ impl Node {
                 self.push_config(client);
             }
             NodeEvent::ConfigAcked { .. } => {}
+            NodeEvent::ControlRequested(request) => self.on_control_request(now, conn, request),
             NodeEvent::Stream(event) => self.on_stream_event(now, conn, event),
             NodeEvent::Closed(reason) => self.on_session_closed(conn, reason),
         }
@@ -1311,7 +1313,7 @@ fn involved_clients(mapping: &Mapping) -> BTreeSet<ClientId> {
     clients
 }
 
-fn pb_protocol(p: crate::control::Protocol) -> i32 {
+pub(crate) fn pb_protocol(p: crate::control::Protocol) -> i32 {
     (match p {
         crate::control::Protocol::Tcp => pb::Protocol::Tcp,
         crate::control::Protocol::Udp => pb::Protocol::Udp,

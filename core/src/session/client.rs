@@ -88,6 +88,8 @@ pub enum ClientEvent {
     Established(Established),
     /// The node pushed a configuration snapshot; apply it and call `ack_config`.
     ConfigPushed(pb::ConfigPush),
+    /// The node answered a control request.
+    ControlResponse(pb::ControlResponse),
     /// A stream event.
     Stream(MuxEvent),
     /// The session ended; flush `poll_transmit`, then close the connection.
@@ -255,6 +257,14 @@ impl ClientSession {
         }
     }
 
+    /// Sends a control-plane request (connection codes); the answer arrives as
+    /// `ControlResponse` with the same id. Ignored before the session is established.
+    pub fn send_control(&mut self, request: pb::ControlRequest) {
+        if self.state == State::Established {
+            self.conn.send(Frame::ControlRequest(request));
+        }
+    }
+
     /// Announces GOAWAY and closes once the open streams finish (or at `deadline`).
     pub fn drain(&mut self, deadline: Option<Instant>) {
         self.conn.drain(GoAwayReason::Normal, deadline);
@@ -358,6 +368,11 @@ impl ClientSession {
             (State::AwaitWelcome, Frame::Welcome(welcome)) => self.on_welcome(now, welcome),
             (State::Established, Frame::ConfigPush(push)) => {
                 self.events.push_back(ClientEvent::ConfigPushed(push));
+                Ok(())
+            }
+            (State::Established, Frame::ControlResponse(response)) => {
+                self.events
+                    .push_back(ClientEvent::ControlResponse(response));
                 Ok(())
             }
             (State::Established, Frame::Refused(_)) => Err(CloseReason::ProtocolViolation(

@@ -74,6 +74,8 @@ pub enum NodeEvent {
         /// The version.
         version: u64,
     },
+    /// The client asks the control plane something; answer with `respond`.
+    ControlRequested(pb::ControlRequest),
     /// A stream event.
     Stream(MuxEvent),
     /// The session ended; flush `poll_transmit`, then close the connection.
@@ -323,6 +325,13 @@ impl NodeSession {
         }
     }
 
+    /// Answers a control request.
+    pub fn respond(&mut self, response: pb::ControlResponse) {
+        if matches!(self.state, State::Established { .. }) {
+            self.conn.send(Frame::ControlResponse(response));
+        }
+    }
+
     /// Announces GOAWAY and closes once the open streams finish (or at `deadline`).
     pub fn drain(&mut self, reason: GoAwayReason, deadline: Option<Instant>) {
         self.conn.drain(reason, deadline);
@@ -396,6 +405,9 @@ impl NodeSession {
                 self.events.push_back(NodeEvent::ConfigAcked {
                     version: ack.version,
                 });
+            }
+            (State::Established { .. }, Frame::ControlRequest(request)) => {
+                self.events.push_back(NodeEvent::ControlRequested(request));
             }
             (State::Established { .. }, _) => {
                 self.close(

@@ -80,6 +80,10 @@ pub enum Frame {
     ConfigPush(pb::ConfigPush),
     /// Client applied a configuration version.
     ConfigAck(pb::ConfigAck),
+    /// A control-plane request from a client.
+    ControlRequest(pb::ControlRequest),
+    /// The node's answer to a control-plane request.
+    ControlResponse(pb::ControlResponse),
 }
 
 /// An encoded frame ready to write: the header bytes and the payload, kept apart so a driver can
@@ -148,6 +152,8 @@ impl Frame {
             Frame::Refused(_) => FrameType::Refused,
             Frame::ConfigPush(_) => FrameType::ConfigPush,
             Frame::ConfigAck(_) => FrameType::ConfigAck,
+            Frame::ControlRequest(_) => FrameType::ControlRequest,
+            Frame::ControlResponse(_) => FrameType::ControlResponse,
         }
     }
 
@@ -180,6 +186,8 @@ impl Frame {
             Frame::Refused(m) => (0, 0, None, encode_message(m)),
             Frame::ConfigPush(m) => (0, 0, None, encode_message(m)),
             Frame::ConfigAck(m) => (0, 0, None, encode_message(m)),
+            Frame::ControlRequest(m) => (0, 0, None, encode_message(m)),
+            Frame::ControlResponse(m) => (0, 0, None, encode_message(m)),
         };
         let mut length_or_value = match value {
             Some(v) => v,
@@ -237,6 +245,8 @@ impl Frame {
             FrameType::Refused => Frame::Refused(decode_message(t, payload)?),
             FrameType::ConfigPush => Frame::ConfigPush(decode_message(t, payload)?),
             FrameType::ConfigAck => Frame::ConfigAck(decode_message(t, payload)?),
+            FrameType::ControlRequest => Frame::ControlRequest(decode_message(t, payload)?),
+            FrameType::ControlResponse => Frame::ControlResponse(decode_message(t, payload)?),
         })
     }
 }

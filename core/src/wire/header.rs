@@ -47,6 +47,10 @@ pub enum FrameType {
     ConfigPush = 0x20,
     /// Client acknowledges a configuration version.
     ConfigAck = 0x21,
+    /// Client asks the node's control plane (connection codes).
+    ControlRequest = 0x22,
+    /// Node answers a control request.
+    ControlResponse = 0x23,
 }
 
 impl FrameType {
@@ -69,6 +73,8 @@ impl FrameType {
             0x14 => FrameType::Refused,
             0x20 => FrameType::ConfigPush,
             0x21 => FrameType::ConfigAck,
+            0x22 => FrameType::ControlRequest,
+            0x23 => FrameType::ControlResponse,
             other => return Err(WireError::UnknownFrameType(other)),
         })
     }

@@ -95,6 +95,24 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             }],
         })),
         any::<u64>().prop_map(|v| Frame::ConfigAck(pb::ConfigAck { version: v })),
+        (any::<u64>(), ".{0,12}").prop_map(|(id, code)| Frame::ControlRequest(
+            pb::ControlRequest {
+                request_id: id,
+                body: Some(pb::control_request::Body::ActivateCode(pb::ActivateCode {
+                    code,
+                    listen_addr: "127.0.0.1:13306".into(),
+                })),
+            }
+        )),
+        (any::<u64>(), 0i32..9).prop_map(|(id, kind)| Frame::ControlResponse(
+            pb::ControlResponse {
+                request_id: id,
+                result: Some(pb::control_response::Result::Error(pb::ControlError {
+                    kind,
+                    message: "no".into(),
+                })),
+            }
+        )),
     ]
 }
 

@@ -242,6 +242,8 @@ impl AgentHost {
             }
             AgentOutput::Stopped { reason } => self.stopped = Some(reason),
             AgentOutput::OpenFailed { .. } => self.tally.opens_failed += 1,
+            // The simulated agents make no control requests (yet).
+            AgentOutput::ControlResponse(_) => {}
         }
     }
 
