@@ -587,6 +587,46 @@ mod codes {
     }
 
     #[test]
+    fn two_redemptions_in_one_read_spend_the_code_once() {
+        // Found by the simulator: the first activation pushed config, which handled the
+        // session's next request re-entrantly before the code was marked used.
+        let (mut w, _a, _b) = two_clients();
+        let code = create(&mut w, 1, 0);
+        let body = |port: u16| {
+            Body::ActivateCode(pb::ActivateCode {
+                code: code.clone(),
+                listen_addr: format!("127.0.0.1:{port}"),
+            })
+        };
+        let first = w.agents[0].control(body(13306)).unwrap();
+        let second = w.agents[0].control(body(13307)).unwrap();
+        // Both requests reach the node in one read.
+        let mut bytes = BytesMut::new();
+        let mut conn = None;
+        while let Some((attempt, t)) = w.agents[0].poll_transmit() {
+            conn = w.conn_of.get(&(0, attempt)).copied();
+            t.write_to(&mut bytes);
+        }
+        let now = w.now;
+        w.node.connection_bytes(now, conn.unwrap(), &bytes);
+        w.settle();
+        let replies: Vec<Reply> = [first, second]
+            .iter()
+            .map(|id| {
+                let at = w
+                    .responses
+                    .iter()
+                    .position(|(_, r)| r.request_id == *id)
+                    .unwrap();
+                w.responses.remove(at).1.result.unwrap()
+            })
+            .collect();
+        assert!(matches!(replies[0], Reply::Mapping(_)), "{:?}", replies[0]);
+        assert_eq!(kind(&replies[1]), Some(ControlErrorKind::AlreadyUsed));
+        assert_eq!(w.agents[0].listening().count(), 1);
+    }
+
+    #[test]
     fn bad_expired_revoked_self_and_foreign_requests_get_typed_errors() {
         let (mut w, _a, _b) = two_clients();
         assert_eq!(

@@ -20,6 +20,7 @@ use tunnox_runtime_sim::{
 };
 
 use crate::hosts::agent::AgentHost;
+use crate::hosts::codes::{CodeBoard, CodeRole, SharedBoard};
 use crate::hosts::node::{AdminOp, NodeHost};
 use crate::hosts::service::{ServiceHost, ServiceKind};
 use crate::hosts::visitor::{EntryPoint, VisitorHost, VisitorPlan, VisitorTally};
@@ -55,6 +56,8 @@ pub struct ScenarioConfig {
     pub bytewise: bool,
     /// Mapping changes while traffic flows.
     pub admin_changes: bool,
+    /// Some clients offer connection codes and others race to redeem them.
+    pub codes: bool,
     /// A bug to plant (needs the planted-bugs feature, which sim-tests enables).
     pub planted: Option<PlantedBug>,
     /// Keep a readable trace.
@@ -77,6 +80,7 @@ impl ScenarioConfig {
             knobs: true,
             bytewise: false,
             admin_changes: true,
+            codes: true,
             planted: None,
             trace: false,
         }
@@ -233,6 +237,7 @@ struct Cast {
     node: HostId,
     agents: Vec<HostId>,
     visitors: Vec<HostId>,
+    codes: SharedBoard,
 }
 
 /// Applies the run's knobs to the configs of the core machines.
@@ -386,6 +391,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         );
         resolver.insert((*name).to_string(), id);
     }
+    let board = CodeBoard::shared();
     let mut agents = Vec::new();
     for (k, (id, secret)) in credentials.iter().enumerate() {
         let mut agent_config = AgentConfig::new(
@@ -402,7 +408,27 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
         if knobs.small_buffers {
             agent_config.local_unflushed_bytes_max = 1024;
         }
-        let host = AgentHost::new(agent_config, node, resolver.clone(), rng.fork());
+        let mut host = AgentHost::new(agent_config, node, resolver.clone(), rng.fork());
+        // Two target-side clients offer codes for the echo service; two listen-side clients
+        // race to redeem them (often the same one): exactly one redemption per code may win.
+        if config.codes {
+            let secs = |list: &[u64]| list.iter().map(|s| Duration::from_secs(*s)).collect();
+            let role = match k as u32 {
+                k if k == half || k == half + 1 => Some(CodeRole::Offer {
+                    at: secs(&[2, 6, 10]),
+                    host: "echo".into(),
+                    port: 7,
+                }),
+                0 | 1 => Some(CodeRole::Redeem {
+                    at: secs(&[4, 7, 8, 11, 12, 14]),
+                    first_port: 30_000 + 100 * k as u16,
+                }),
+                _ => None,
+            };
+            if let Some(role) = role {
+                host = host.with_codes(role, board.clone());
+            }
+        }
         let start = Instant::ZERO + Duration::from_millis(rng.below(500));
         agents.push(world.add_host(
             format!("client-{k}"),
@@ -455,6 +481,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
             node,
             agents,
             visitors,
+            codes: board,
         },
     )
 }
@@ -462,6 +489,7 @@ fn build(config: &ScenarioConfig) -> (World, Cast) {
 /// Checks the whole node (every session, the registry, the tunnel table), beyond the
 /// per-event checks of what each event touched.
 fn full_check(world: &World, cast: &Cast) -> Result<(), String> {
+    cast.codes.borrow().check()?;
     world
         .host::<NodeHost>(cast.node)
         .and_then(NodeHost::node)

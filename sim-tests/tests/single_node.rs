@@ -49,6 +49,9 @@ fn single_node_sweep() {
         "stale_frames_ignored",
         "rst_crossed_fin",
         "visitor_aborted",
+        "code_offered",
+        "code_redeemed",
+        "code_refused",
     ] {
         assert!(
             coverage.get(counter).copied().unwrap_or(0) > 0,

@@ -187,11 +187,16 @@ impl Node {
             target: target_addr(&mapping.target),
             expires_at_ms: mapping.expires_at.map_or(0, |t| t.0),
         };
-        // The mapping first (it checks quotas); the code is used only if that worked.
+        // The code is spent before anything else can run; if the mapping is refused (quota),
+        // the code goes back to what it was.
+        let before = self.state.codes.get(&code).cloned();
+        self.persist(StateChange::PutCode(offer));
         if let Err(e) = self.put_mapping(now, mapping) {
+            if let Some(before) = before {
+                self.persist(StateChange::PutCode(before));
+            }
             return admin_error(e);
         }
-        self.persist(StateChange::PutCode(offer));
         Reply::Mapping(info)
     }
 

@@ -627,11 +627,10 @@ impl Node {
     fn after_mapping_change(&mut self, now: Instant, affected: BTreeSet<ClientId>) {
         self.config_version += 1;
         self.sync_node_ports();
+        // Only queue the pushes: handling those sessions' events here would re-enter whatever
+        // request caused this change (a second request of the same session could run first).
         for client in affected {
             self.push_config(client);
-            if let Some(conn) = self.registry.live_session(client.0) {
-                self.after_session_input(now, conn);
-            }
         }
         self.run_tunnel_actions(now);
     }

@@ -14,7 +14,9 @@ use tunnox_runtime_sim::{
     ConnId, ConnectFailReason, Host, HostCtx, HostEvent, HostId, Instant, Port,
 };
 
+use super::codes::{CodeRole, SharedBoard};
 use super::node::{CLIENT_PORT, close_kind};
+use tunnox_proto::wire::{self as pb, control_request::Body, control_response::Result as Reply};
 
 #[derive(Debug, Default)]
 struct LocalIn {
@@ -71,6 +73,14 @@ pub struct AgentHost {
     dialing: BTreeMap<ConnId, LocalId>,
     stopped: Option<CloseReason>,
     tally: AgentTally,
+    /// Connection-code duties and the board they report to.
+    codes: Option<(CodeRole, SharedBoard)>,
+    /// Index of the next code duty due.
+    next_code_duty: usize,
+    /// Host-local time of the first start; duty offsets count from it.
+    first_start: Option<Instant>,
+    /// Redemptions in flight: request id -> code.
+    redeeming: BTreeMap<u64, String>,
 }
 
 impl AgentHost {
@@ -96,6 +106,91 @@ impl AgentHost {
             dialing: BTreeMap::new(),
             stopped: None,
             tally: AgentTally::default(),
+            codes: None,
+            next_code_duty: 0,
+            first_start: None,
+            redeeming: BTreeMap::new(),
+        }
+    }
+
+    /// Gives this agent connection-code duties that report to `board`.
+    pub fn with_codes(mut self, role: CodeRole, board: SharedBoard) -> AgentHost {
+        self.codes = Some((role, board));
+        self
+    }
+
+    /// Performs the code duties due at `now` (skipped while not connected: retried later).
+    fn run_code_duties(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        let Some((role, board)) = self.codes.as_ref() else {
+            return;
+        };
+        let Some(agent) = self.agent.as_mut() else {
+            return;
+        };
+        let origin = self.first_start.unwrap_or(now);
+        while let Some(offset) = role.times().get(self.next_code_duty) {
+            if origin + *offset > now || !agent.is_established() {
+                return;
+            }
+            let body = match role {
+                CodeRole::Offer { host, port, .. } => Body::CreateCode(pb::CreateCode {
+                    target: Some(pb::TargetAddr {
+                        host: host.clone(),
+                        port: u32::from(*port),
+                    }),
+                    protocol: pb::Protocol::Tcp as i32,
+                    ..pb::CreateCode::default()
+                }),
+                CodeRole::Redeem { first_port, .. } => {
+                    let offered = board.borrow().offered.clone();
+                    if offered.is_empty() {
+                        self.next_code_duty += 1;
+                        continue;
+                    }
+                    let code = offered[ctx.rng().below(offered.len() as u64) as usize].clone();
+                    let port = first_port.saturating_add(self.next_code_duty as u16);
+                    let body = Body::ActivateCode(pb::ActivateCode {
+                        code: code.clone(),
+                        listen_addr: format!("127.0.0.1:{port}"),
+                    });
+                    if let Some(id) = agent.control(body) {
+                        self.redeeming.insert(id, code);
+                    }
+                    self.next_code_duty += 1;
+                    ctx.count("code_redemption_attempted");
+                    continue;
+                }
+            };
+            agent.control(body);
+            self.next_code_duty += 1;
+        }
+    }
+
+    fn on_control_response(&mut self, response: pb::ControlResponse, ctx: &mut HostCtx<'_>) {
+        let Some((_, board)) = self.codes.as_ref() else {
+            return;
+        };
+        let mut board = board.borrow_mut();
+        match response.result {
+            Some(Reply::Code(info)) => {
+                board.offered.push(info.code);
+                ctx.count("code_offered");
+            }
+            Some(Reply::Mapping(_)) => {
+                if let Some(code) = self.redeeming.remove(&response.request_id) {
+                    *board.redeemed.entry(code).or_insert(0) += 1;
+                    ctx.count("code_redeemed");
+                }
+            }
+            Some(Reply::Error(e)) => {
+                self.redeeming.remove(&response.request_id);
+                let kind = pb::ControlErrorKind::try_from(e.kind)
+                    .map(|k| k.as_str_name().to_owned())
+                    .unwrap_or_else(|_| e.kind.to_string());
+                *board.refused.entry(kind).or_insert(0) += 1;
+                ctx.count("code_refused");
+            }
+            Some(Reply::Codes(_)) | None => {}
         }
     }
 
@@ -120,6 +215,7 @@ impl AgentHost {
     }
 
     fn start(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
+        self.first_start.get_or_insert(now);
         self.agent = Some(Agent::new(now, self.config.clone(), self.rng.fork()));
         self.flush(now, ctx);
     }
@@ -242,8 +338,7 @@ impl AgentHost {
             }
             AgentOutput::Stopped { reason } => self.stopped = Some(reason),
             AgentOutput::OpenFailed { .. } => self.tally.opens_failed += 1,
-            // The simulated agents make no control requests (yet).
-            AgentOutput::ControlResponse(_) => {}
+            AgentOutput::ControlResponse(response) => self.on_control_response(response, ctx),
         }
     }
 
@@ -375,14 +470,29 @@ impl Host for AgentHost {
             HostEvent::Datagram { .. } => {}
         }
         self.flush(now, ctx);
+        if self.codes.is_some() {
+            self.run_code_duties(now, ctx);
+            self.flush(now, ctx);
+        }
     }
 
     fn next_timer(&self) -> Option<Instant> {
-        self.agent.as_ref().and_then(Agent::poll_timeout)
+        // A duty waits for a session: it is due again only once one is established.
+        let established = self.agent.as_ref().is_some_and(Agent::is_established);
+        let duty = self
+            .codes
+            .as_ref()
+            .filter(|_| established)
+            .and_then(|(role, _)| role.times().get(self.next_code_duty).copied())
+            .zip(self.first_start)
+            .map(|(offset, origin)| origin + offset);
+        tunnox_core::time::earliest(self.agent.as_ref().and_then(Agent::poll_timeout), duty)
     }
 
     fn crash(&mut self) {
         self.agent = None;
+        // A restarted agent numbers its requests from 1 again: forget the old ones.
+        self.redeeming.clear();
         self.attempts.clear();
         self.attempt_conn.clear();
         self.listeners.clear();
