@@ -293,9 +293,7 @@ impl Mux {
             return Err(StreamError::WrongState);
         }
         s.lifecycle = Lifecycle::Open;
-        let notify = !s.readable_notified && (s.recv_buffered > 0 || s.fin_received);
-        if notify {
-            s.readable_notified = true;
+        if s.take_readable_notice() {
             self.events.push_back(MuxEvent::Readable { stream });
         }
         self.pending_accepts -= 1;
@@ -558,8 +556,7 @@ impl Mux {
         s.recv_buffered += n;
         s.recv_queue.push_back(payload);
         self.recv_session_buffered += n;
-        if !s.readable_notified && s.lifecycle != Lifecycle::Incoming {
-            s.readable_notified = true;
+        if s.take_readable_notice() {
             self.events.push_back(MuxEvent::Readable { stream });
         }
         Ok(())
@@ -585,8 +582,7 @@ impl Mux {
             return Ok(());
         }
         s.fin_received = true;
-        if !s.readable_notified && s.lifecycle != Lifecycle::Incoming {
-            s.readable_notified = true;
+        if s.take_readable_notice() {
             self.events.push_back(MuxEvent::Readable { stream });
         }
         Ok(())
@@ -651,10 +647,7 @@ impl Mux {
             self.remove_stream(stream);
         } else {
             s.lifecycle = Lifecycle::Open;
-            let notify = !s.readable_notified && (s.recv_buffered > 0 || s.fin_received);
-            if notify {
-                s.readable_notified = true;
-            }
+            let notify = s.take_readable_notice();
             self.events
                 .push_back(MuxEvent::Accepted { stream, payload });
             if notify {

@@ -120,6 +120,18 @@ impl Stream {
         self.fin_requested && !self.fin_sent && self.send_queued == 0
     }
 
+    /// Whether the application must now be told the stream is readable: accepted, with data or
+    /// its end waiting, and not told since it last read the stream empty. Records the notice.
+    pub fn take_readable_notice(&mut self) -> bool {
+        let due = !self.readable_notified
+            && self.lifecycle != Lifecycle::Incoming
+            && (self.recv_buffered > 0 || self.fin_received);
+        if due {
+            self.readable_notified = true;
+        }
+        due
+    }
+
     /// Whether both directions are done and the application has seen the end: the stream can go.
     pub fn is_finished(&self) -> bool {
         self.fin_sent && self.eof_delivered
