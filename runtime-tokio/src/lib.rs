@@ -1,7 +1,13 @@
-//! tunnox-runtime-tokio: drives `tunnox-core` state machines in production.
+//! tunnox-runtime-tokio: drives `tunnox-core` state machines on tokio.
 //!
-//! Built so far: [`storage`], the embedded store that keeps a node's users, clients, mappings and
-//! connection codes across restarts. The TCP/TLS transports and the node and client drivers come
-//! with the single-node issue (#4); nothing here pretends to provide them yet.
+//! [`node::NodeDriver`] runs a `Node` over TCP (client connections, node-port visitors),
+//! [`agent::AgentDriver`] runs an `Agent` (its node connection, listeners, target dials);
+//! [`storage`] keeps a node's control state across restarts. Each driver is one task owning its
+//! state machine; every socket is a reader task (pausable, so back-pressure stops reading) and a
+//! writer task. TLS, the CLI and the configuration come with the rest of the single-node issue.
 
+pub mod agent;
+pub mod clock;
+pub mod node;
+pub mod socket;
 pub mod storage;

@@ -1,0 +1,423 @@
+//! Runs an `Agent` on tokio over plain TCP: one task owns the agent; its node connection,
+//! mapping listeners, visitors and target connections are sockets whose tasks report to it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tunnox_core::agent::{Agent, AgentOutput, AttemptId};
+use tunnox_core::relay::{LocalId, LocalOutput};
+use tunnox_core::tunnel::DialFailure;
+use tunnox_proto::wire::control_request::Body;
+
+use crate::clock::Clock;
+use crate::socket::{Socket, SocketEvent, SocketId};
+
+/// Capacity of the driver's event channels.
+const EVENTS: usize = 1024;
+/// How long a target dial may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Requests to a running agent.
+#[derive(Debug)]
+pub enum AgentCommand {
+    /// Send a control request (connection codes); the answer arrives as a notice.
+    Control(Body),
+    /// Stop the agent.
+    Shutdown,
+}
+
+/// Results of the driver's own background work.
+#[derive(Debug)]
+enum Background {
+    Connected(AttemptId, TcpStream),
+    ConnectFailed(AttemptId),
+    Visitor(String, TcpStream, SocketAddr),
+    Dialed(LocalId, Result<TcpStream, DialFailure>),
+}
+
+#[derive(Debug)]
+enum Kind {
+    Session(AttemptId),
+    Local {
+        local: LocalId,
+        pending: VecDeque<Bytes>,
+        eof: bool,
+        paused: bool,
+    },
+}
+
+/// An agent driven by tokio (see the module docs).
+#[derive(Debug)]
+pub struct AgentDriver {
+    agent: Agent,
+    clock: Clock,
+    servers: Vec<SocketAddr>,
+    sockets: BTreeMap<SocketId, (Socket, Kind)>,
+    next_id: SocketId,
+    attempt_socket: BTreeMap<AttemptId, SocketId>,
+    local_socket: BTreeMap<LocalId, SocketId>,
+    listeners: BTreeMap<String, JoinHandle<()>>,
+    events_tx: mpsc::Sender<SocketEvent>,
+    events: mpsc::Receiver<SocketEvent>,
+    background_tx: mpsc::Sender<Background>,
+    background: mpsc::Receiver<Background>,
+    notices: mpsc::Sender<AgentOutput>,
+}
+
+impl AgentDriver {
+    /// A driver for `agent` (built at `clock`'s origin) that dials `servers` and reports
+    /// notices (established, disconnected, control responses, …) to `notices`.
+    pub fn new(
+        agent: Agent,
+        clock: Clock,
+        servers: Vec<SocketAddr>,
+        notices: mpsc::Sender<AgentOutput>,
+    ) -> AgentDriver {
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let (background_tx, background) = mpsc::channel(EVENTS);
+        AgentDriver {
+            agent,
+            clock,
+            servers,
+            sockets: BTreeMap::new(),
+            next_id: 1,
+            attempt_socket: BTreeMap::new(),
+            local_socket: BTreeMap::new(),
+            listeners: BTreeMap::new(),
+            events_tx,
+            events,
+            background_tx,
+            background,
+            notices,
+        }
+    }
+
+    /// Runs until `Shutdown`, the command channel closing, or the agent stopping for good.
+    pub async fn run(mut self, mut commands: mpsc::Receiver<AgentCommand>) {
+        self.flush();
+        while !self.agent.is_stopped() {
+            let deadline = self.agent.poll_timeout().map(|t| self.clock.deadline(t));
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(AgentCommand::Control(body)) => { self.agent.control(body); }
+                    Some(AgentCommand::Shutdown) | None => break,
+                },
+                Some(event) = self.events.recv() => self.on_socket_event(event),
+                Some(done) = self.background.recv() => self.on_background(done),
+                () = sleep_until(deadline) => self.agent.handle_timeout(self.clock.now()),
+            }
+            self.flush();
+        }
+        for (_, handle) in std::mem::take(&mut self.listeners) {
+            handle.abort();
+        }
+    }
+
+    fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let socket = Socket::spawn(id, stream, self.events_tx.clone());
+        self.sockets.insert(id, (socket, kind));
+        id
+    }
+
+    fn on_background(&mut self, done: Background) {
+        let now = self.clock.now();
+        match done {
+            Background::Connected(attempt, stream) => {
+                let id = self.add_socket(stream, Kind::Session(attempt));
+                self.attempt_socket.insert(attempt, id);
+                self.agent.connected(now, attempt);
+            }
+            Background::ConnectFailed(attempt) => self.agent.connect_failed(now, attempt),
+            Background::Visitor(mapping, stream, addr) => {
+                let id = self.next_id;
+                let kind = Kind::Local {
+                    local: id,
+                    pending: VecDeque::new(),
+                    eof: false,
+                    paused: false,
+                };
+                self.add_socket(stream, kind);
+                self.local_socket.insert(id, id);
+                self.agent.visitor_accepted(now, &mapping, id, Some(addr));
+            }
+            Background::Dialed(local, result) => match result {
+                Ok(stream) => {
+                    let kind = Kind::Local {
+                        local,
+                        pending: VecDeque::new(),
+                        eof: false,
+                        paused: false,
+                    };
+                    let id = self.add_socket(stream, kind);
+                    self.local_socket.insert(local, id);
+                    self.agent.dial_result(now, local, Ok(()));
+                }
+                Err(failure) => self.agent.dial_result(now, local, Err(failure)),
+            },
+        }
+    }
+
+    fn on_socket_event(&mut self, event: SocketEvent) {
+        let now = self.clock.now();
+        match event {
+            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+                Some(Kind::Session(attempt)) => {
+                    let attempt = *attempt;
+                    self.agent.connection_bytes(now, attempt, &bytes);
+                }
+                Some(Kind::Local { pending, .. }) => {
+                    pending.push_back(bytes);
+                    self.feed(id);
+                }
+                None => {}
+            },
+            SocketEvent::Eof(id) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+                Some(Kind::Session(attempt)) => {
+                    let attempt = *attempt;
+                    self.drop_socket(id, false);
+                    self.agent.connection_closed(now, attempt);
+                }
+                Some(Kind::Local { eof, .. }) => {
+                    *eof = true;
+                    self.feed(id);
+                }
+                None => {}
+            },
+            SocketEvent::Failed(id) => match self.sockets.get(&id).map(|(_, k)| k) {
+                Some(Kind::Session(attempt)) => {
+                    let attempt = *attempt;
+                    self.drop_socket(id, true);
+                    self.agent.connection_closed(now, attempt);
+                }
+                Some(Kind::Local { local, .. }) => {
+                    let local = *local;
+                    self.drop_socket(id, true);
+                    self.agent.local_reset(now, local);
+                }
+                None => {}
+            },
+            SocketEvent::Written(id, n) => {
+                if let Some((_, Kind::Local { local, .. })) = self.sockets.get(&id) {
+                    let local = *local;
+                    self.agent.local_flushed(now, local, n);
+                }
+            }
+        }
+    }
+
+    fn drop_socket(&mut self, id: SocketId, abort: bool) {
+        if let Some((socket, kind)) = self.sockets.remove(&id) {
+            match kind {
+                Kind::Session(attempt) => {
+                    self.attempt_socket.remove(&attempt);
+                }
+                Kind::Local { local, .. } => {
+                    self.local_socket.remove(&local);
+                }
+            }
+            if abort {
+                socket.abort()
+            } else {
+                socket.close()
+            }
+        }
+    }
+
+    /// Gives a local socket's pending bytes to the agent as far as it takes them.
+    fn feed(&mut self, id: SocketId) {
+        let now = self.clock.now();
+        let Some((
+            socket,
+            Kind::Local {
+                local,
+                pending,
+                eof,
+                paused,
+            },
+        )) = self.sockets.get_mut(&id)
+        else {
+            return;
+        };
+        while let Some(front) = pending.pop_front() {
+            let taken = self.agent.local_data(now, *local, front.clone());
+            if taken < front.len() {
+                pending.push_front(front.slice(taken..));
+                if !*paused {
+                    *paused = true;
+                    socket.set_paused(true);
+                }
+                return;
+            }
+        }
+        if *paused {
+            *paused = false;
+            socket.set_paused(false);
+        }
+        if *eof {
+            *eof = false;
+            self.agent.local_eof(now, *local);
+        }
+    }
+
+    fn flush(&mut self) {
+        loop {
+            if let Some((attempt, t)) = self.agent.poll_transmit() {
+                if let Some(id) = self.attempt_socket.get(&attempt).copied() {
+                    let mut buf = BytesMut::with_capacity(t.len());
+                    t.write_to(&mut buf);
+                    self.write(id, buf.freeze());
+                }
+                continue;
+            }
+            let Some(output) = self.agent.poll_output() else {
+                return;
+            };
+            self.on_output(output);
+        }
+    }
+
+    fn write(&mut self, id: SocketId, bytes: Bytes) {
+        let stuck = self.sockets.get(&id).is_some_and(|(s, _)| !s.write(bytes));
+        if stuck {
+            let now = self.clock.now();
+            match self.sockets.get(&id).map(|(_, k)| k) {
+                Some(Kind::Session(attempt)) => {
+                    let attempt = *attempt;
+                    self.drop_socket(id, true);
+                    self.agent.connection_closed(now, attempt);
+                }
+                Some(Kind::Local { local, .. }) => {
+                    let local = *local;
+                    self.drop_socket(id, true);
+                    self.agent.local_reset(now, local);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn on_output(&mut self, output: AgentOutput) {
+        match output {
+            AgentOutput::Connect { attempt, server } => {
+                let addr = self.servers[server % self.servers.len().max(1)];
+                let background = self.background_tx.clone();
+                tokio::spawn(async move {
+                    let done = match TcpStream::connect(addr).await {
+                        Ok(stream) => Background::Connected(attempt, stream),
+                        Err(_) => Background::ConnectFailed(attempt),
+                    };
+                    let _ = background.send(done).await;
+                });
+            }
+            AgentOutput::CloseConnection { attempt } => {
+                if let Some(id) = self.attempt_socket.get(&attempt).copied() {
+                    self.drop_socket(id, false);
+                }
+            }
+            AgentOutput::Listen { mapping, addr, .. } => {
+                let background = self.background_tx.clone();
+                let name = mapping.clone();
+                let handle = tokio::spawn(async move {
+                    let Ok(listener) = TcpListener::bind(&addr).await else {
+                        return;
+                    };
+                    while let Ok((stream, peer)) = listener.accept().await {
+                        if background
+                            .send(Background::Visitor(name.clone(), stream, peer))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                if let Some(old) = self.listeners.insert(mapping, handle) {
+                    old.abort();
+                }
+            }
+            AgentOutput::StopListening { mapping } => {
+                if let Some(handle) = self.listeners.remove(&mapping) {
+                    handle.abort();
+                }
+            }
+            AgentOutput::Dial { local, host, port } => {
+                let background = self.background_tx.clone();
+                tokio::spawn(async move {
+                    let dial = tokio::time::timeout(
+                        DIAL_TIMEOUT,
+                        TcpStream::connect((host.as_str(), port)),
+                    );
+                    let result = match dial.await {
+                        Ok(Ok(stream)) => Ok(stream),
+                        Ok(Err(e)) => Err(dial_failure(&e)),
+                        Err(_) => Err(DialFailure::Timeout),
+                    };
+                    let _ = background.send(Background::Dialed(local, result)).await;
+                });
+            }
+            AgentOutput::Local(out) => match out {
+                LocalOutput::Write { local, bytes } => {
+                    if let Some(id) = self.local_socket.get(&local).copied() {
+                        self.write(id, bytes);
+                    }
+                }
+                LocalOutput::Finish { local } => {
+                    if let Some((socket, _)) = self
+                        .local_socket
+                        .get(&local)
+                        .and_then(|id| self.sockets.get(id))
+                    {
+                        socket.shutdown();
+                    }
+                }
+                LocalOutput::Close { local, reset } => {
+                    if let Some(id) = self.local_socket.get(&local).copied() {
+                        self.drop_socket(id, reset);
+                    }
+                }
+                LocalOutput::ResumeRead { local } => {
+                    if let Some(id) = self.local_socket.get(&local).copied() {
+                        self.feed(id);
+                    }
+                }
+            },
+            notice => {
+                // Established, Disconnected, Stopped, SaveCredentials, OpenFailed, ControlResponse:
+                // for the application; dropped if it does not keep up.
+                let _ = self.notices.try_send(notice);
+            }
+        }
+    }
+}
+
+fn dial_failure(error: &std::io::Error) -> DialFailure {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => DialFailure::Refused,
+        std::io::ErrorKind::TimedOut => DialFailure::Timeout,
+        std::io::ErrorKind::NotFound => DialFailure::Dns,
+        _ => DialFailure::Unreachable,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts an agent in a task; returns the command channel and the task.
+pub fn spawn_agent(driver: AgentDriver) -> (mpsc::Sender<AgentCommand>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let handle = tokio::spawn(driver.run(rx));
+    (tx, handle)
+}

@@ -1,0 +1,365 @@
+//! Runs a `Node` on tokio over plain TCP: one task owns the node; client connections and
+//! node-port visitors are sockets whose tasks report to it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tunnox_core::control::{ClientId, ClientSecret, Mapping, MappingId, UserId};
+use tunnox_core::node::{AdminError, Node, NodeOutput};
+use tunnox_core::relay::LocalOutput;
+
+use crate::clock::Clock;
+use crate::socket::{Socket, SocketEvent, SocketId};
+use crate::storage::EmbeddedStore;
+
+/// Capacity of the driver's event channel (socket readers wait when it is full).
+const EVENTS: usize = 1024;
+
+/// Administrative requests to a running node.
+#[derive(Debug)]
+pub enum NodeCommand {
+    /// Create a client; answers its id and secret.
+    CreateClient {
+        /// Owning user, if any.
+        owner: Option<UserId>,
+        /// A label.
+        label: String,
+        /// The answer.
+        reply: oneshot::Sender<Result<(ClientId, ClientSecret), AdminError>>,
+    },
+    /// Create or replace a mapping.
+    PutMapping {
+        /// The mapping.
+        mapping: Box<Mapping>,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// Delete a mapping.
+    DeleteMapping {
+        /// Its id.
+        id: MappingId,
+        /// The answer.
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// Stop the node.
+    Shutdown,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Client,
+    Visitor {
+        pending: VecDeque<Bytes>,
+        eof: bool,
+        paused: bool,
+    },
+}
+
+/// Accepted node-port visitors, reported by the port's accept task.
+type VisitorAccept = (u16, TcpStream, SocketAddr);
+
+/// A node driven by tokio (see the module docs).
+#[derive(Debug)]
+pub struct NodeDriver {
+    node: Node,
+    clock: Clock,
+    store: Option<EmbeddedStore>,
+    sockets: BTreeMap<SocketId, (Socket, Kind)>,
+    next_id: SocketId,
+    events_tx: mpsc::Sender<SocketEvent>,
+    events: mpsc::Receiver<SocketEvent>,
+    visitors_tx: mpsc::Sender<VisitorAccept>,
+    visitors: mpsc::Receiver<VisitorAccept>,
+    node_ports: BTreeMap<u16, JoinHandle<()>>,
+    /// Address node ports bind when a mapping names none.
+    default_bind: String,
+}
+
+impl NodeDriver {
+    /// A driver for `node` (built at `clock`'s origin), persisting changes to `store` if given.
+    pub fn new(
+        node: Node,
+        clock: Clock,
+        store: Option<EmbeddedStore>,
+        default_bind: &str,
+    ) -> NodeDriver {
+        let (events_tx, events) = mpsc::channel(EVENTS);
+        let (visitors_tx, visitors) = mpsc::channel(EVENTS);
+        NodeDriver {
+            node,
+            clock,
+            store,
+            sockets: BTreeMap::new(),
+            next_id: 1,
+            events_tx,
+            events,
+            visitors_tx,
+            visitors,
+            node_ports: BTreeMap::new(),
+            default_bind: default_bind.to_owned(),
+        }
+    }
+
+    /// Serves clients on `listener` and answers `commands` until `Shutdown` or the command
+    /// channel closes.
+    pub async fn run(mut self, listener: TcpListener, mut commands: mpsc::Receiver<NodeCommand>) {
+        self.flush();
+        loop {
+            let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            tokio::select! {
+                biased;
+                command = commands.recv() => match command {
+                    Some(NodeCommand::Shutdown) | None => break,
+                    Some(command) => self.on_command(command),
+                },
+                Some(event) = self.events.recv() => self.on_socket_event(event),
+                accepted = listener.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        let id = self.add_socket(stream, Kind::Client);
+                        self.node.accept_connection(self.clock.now(), id);
+                    }
+                }
+                Some((port, stream, addr)) = self.visitors.recv() => {
+                    let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };
+                    let id = self.add_socket(stream, kind);
+                    self.node.visitor_accepted(self.clock.now(), port, id, Some(addr));
+                }
+                () = sleep_until(deadline) => self.node.handle_timeout(self.clock.now()),
+            }
+            self.flush();
+        }
+        for (_, handle) in std::mem::take(&mut self.node_ports) {
+            handle.abort();
+        }
+    }
+
+    fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let socket = Socket::spawn(id, stream, self.events_tx.clone());
+        self.sockets.insert(id, (socket, kind));
+        id
+    }
+
+    fn on_command(&mut self, command: NodeCommand) {
+        let now = self.clock.now();
+        match command {
+            NodeCommand::CreateClient {
+                owner,
+                label,
+                reply,
+            } => {
+                let _ = reply.send(self.node.create_client(now, owner, &label));
+            }
+            NodeCommand::PutMapping { mapping, reply } => {
+                let _ = reply.send(self.node.put_mapping(now, *mapping));
+            }
+            NodeCommand::DeleteMapping { id, reply } => {
+                let _ = reply.send(self.node.delete_mapping(now, &id));
+            }
+            NodeCommand::Shutdown => {}
+        }
+    }
+
+    fn on_socket_event(&mut self, event: SocketEvent) {
+        let now = self.clock.now();
+        match event {
+            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+                Some(Kind::Client) => self.node.connection_bytes(now, id, &bytes),
+                Some(Kind::Visitor { pending, .. }) => {
+                    pending.push_back(bytes);
+                    self.feed_visitor(id);
+                }
+                None => {}
+            },
+            SocketEvent::Eof(id) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+                Some(Kind::Client) => self.drop_client(id),
+                Some(Kind::Visitor { eof, .. }) => {
+                    *eof = true;
+                    self.feed_visitor(id);
+                }
+                None => {}
+            },
+            SocketEvent::Failed(id) => match self.sockets.remove(&id) {
+                Some((socket, Kind::Client)) => {
+                    socket.abort();
+                    self.node.connection_closed(now, id);
+                }
+                Some((socket, Kind::Visitor { .. })) => {
+                    socket.abort();
+                    self.node.visitor_reset(now, id);
+                }
+                None => {}
+            },
+            SocketEvent::Written(id, n) => {
+                if matches!(self.sockets.get(&id), Some((_, Kind::Visitor { .. }))) {
+                    self.node.visitor_flushed(now, id, n);
+                }
+            }
+        }
+    }
+
+    fn drop_client(&mut self, id: SocketId) {
+        if let Some((socket, _)) = self.sockets.remove(&id) {
+            socket.close();
+        }
+        self.node.connection_closed(self.clock.now(), id);
+    }
+
+    /// Gives a visitor's pending bytes to the node as far as it takes them; pauses the socket
+    /// when the node's stream is full.
+    fn feed_visitor(&mut self, id: SocketId) {
+        let now = self.clock.now();
+        let Some((
+            socket,
+            Kind::Visitor {
+                pending,
+                eof,
+                paused,
+            },
+        )) = self.sockets.get_mut(&id)
+        else {
+            return;
+        };
+        while let Some(front) = pending.pop_front() {
+            let taken = self.node.visitor_data(now, id, front.clone());
+            if taken < front.len() {
+                pending.push_front(front.slice(taken..));
+                if !*paused {
+                    *paused = true;
+                    socket.set_paused(true);
+                }
+                return;
+            }
+        }
+        if *paused {
+            *paused = false;
+            socket.set_paused(false);
+        }
+        if *eof {
+            *eof = false;
+            self.node.visitor_eof(now, id);
+        }
+    }
+
+    /// Writes everything the node has to send and carries out its outputs.
+    fn flush(&mut self) {
+        loop {
+            if let Some((conn, t)) = self.node.poll_transmit() {
+                let mut buf = BytesMut::with_capacity(t.len());
+                t.write_to(&mut buf);
+                self.write(conn, buf.freeze());
+                continue;
+            }
+            let Some(output) = self.node.poll_output() else {
+                return;
+            };
+            self.on_output(output);
+        }
+    }
+
+    fn write(&mut self, id: SocketId, bytes: Bytes) {
+        let stuck = self.sockets.get(&id).is_some_and(|(s, _)| !s.write(bytes));
+        if stuck {
+            // A peer that does not read: drop it rather than buffer without bound.
+            let now = self.clock.now();
+            match self.sockets.remove(&id) {
+                Some((socket, Kind::Client)) => {
+                    socket.abort();
+                    self.node.connection_closed(now, id);
+                }
+                Some((socket, Kind::Visitor { .. })) => {
+                    socket.abort();
+                    self.node.visitor_reset(now, id);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn on_output(&mut self, output: NodeOutput) {
+        match output {
+            NodeOutput::CloseConnection { conn } => {
+                while let Some(t) = self.node.poll_transmit_for(conn) {
+                    let mut buf = BytesMut::with_capacity(t.len());
+                    t.write_to(&mut buf);
+                    self.write(conn, buf.freeze());
+                }
+                self.drop_client(conn);
+            }
+            NodeOutput::ListenNodePort { port, bind } => {
+                let addr = format!(
+                    "{}:{port}",
+                    bind.unwrap_or_else(|| self.default_bind.clone())
+                );
+                let visitors = self.visitors_tx.clone();
+                let handle = tokio::spawn(async move {
+                    let Ok(listener) = TcpListener::bind(&addr).await else {
+                        return;
+                    };
+                    while let Ok((stream, peer)) = listener.accept().await {
+                        if visitors.send((port, stream, peer)).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                if let Some(old) = self.node_ports.insert(port, handle) {
+                    old.abort();
+                }
+            }
+            NodeOutput::StopNodePort { port } => {
+                if let Some(handle) = self.node_ports.remove(&port) {
+                    handle.abort();
+                }
+            }
+            NodeOutput::Visitor(out) => match out {
+                LocalOutput::Write { local, bytes } => self.write(local, bytes),
+                LocalOutput::Finish { local } => {
+                    if let Some((socket, _)) = self.sockets.get(&local) {
+                        socket.shutdown();
+                    }
+                }
+                LocalOutput::Close { local, reset } => {
+                    if let Some((socket, _)) = self.sockets.remove(&local) {
+                        if reset {
+                            socket.abort()
+                        } else {
+                            socket.close()
+                        }
+                    }
+                }
+                LocalOutput::ResumeRead { local } => self.feed_visitor(local),
+            },
+            NodeOutput::Persist(change) => {
+                if let Some(store) = &self.store {
+                    // A failed write is not acknowledged durable; the node keeps serving from
+                    // memory (the storage issue adds a degraded mode and metrics).
+                    let _ = store.apply(std::slice::from_ref(&change));
+                }
+            }
+            NodeOutput::Notice(_) => {}
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts a node on `listener` in a task; returns the command channel and the task.
+pub fn spawn_node(
+    driver: NodeDriver,
+    listener: TcpListener,
+) -> (mpsc::Sender<NodeCommand>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(64);
+    let handle = tokio::spawn(driver.run(listener, rx));
+    (tx, handle)
+}

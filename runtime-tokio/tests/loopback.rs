@@ -1,0 +1,303 @@
+//! A real node, two real agents and an echo service on loopback TCP: client-port and node-port
+//! mappings carry many concurrent connections byte-exact, and half-close works.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
+use tunnox_core::control::{
+    ClientId, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol,
+    Target,
+};
+use tunnox_core::node::{ControlState, Node, NodeConfig};
+use tunnox_core::rng::Rng;
+use tunnox_core::session::ClientIdentity;
+use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
+use tunnox_runtime_tokio::clock::{Clock, wall_now};
+use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
+
+async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Setup {
+    node: mpsc::Sender<NodeCommand>,
+    node_addr: SocketAddr,
+    listen_client: ClientId,
+    target_client: ClientId,
+    echo: SocketAddr,
+}
+
+async fn create_client(node: &mpsc::Sender<NodeCommand>, label: &str) -> (ClientId, ClientSecret) {
+    let (reply, rx) = oneshot::channel();
+    node.send(NodeCommand::CreateClient {
+        owner: None,
+        label: label.into(),
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+async fn start_agent(
+    node_addr: SocketAddr,
+    id: ClientId,
+    secret: &ClientSecret,
+    seed: u64,
+) -> mpsc::Receiver<AgentOutput> {
+    let clock = Clock::new();
+    let config = AgentConfig::new(
+        ClientIdentity::Login {
+            client_id: id.0,
+            key: secret.auth_key(),
+        },
+        1,
+    );
+    let agent = Agent::new(clock.now(), config, Rng::seed_from_u64(seed));
+    let (notices_tx, mut notices) = mpsc::channel(64);
+    let (_commands, _task) =
+        spawn_agent(AgentDriver::new(agent, clock, vec![node_addr], notices_tx));
+    // Keep the command sender alive for the test's duration.
+    std::mem::forget(_commands);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), notices.recv())
+            .await
+            .unwrap()
+        {
+            Some(AgentOutput::Established { .. }) => return notices,
+            Some(_) => {}
+            None => panic!("agent ended"),
+        }
+    }
+}
+
+async fn setup() -> Setup {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap();
+    let clock = Clock::new();
+    let node = Node::new(
+        clock.now(),
+        wall_now(),
+        NodeConfig::new("node-1"),
+        ControlState::default(),
+        Rng::seed_from_u64(1),
+    );
+    let (node_tx, _task) = spawn_node(NodeDriver::new(node, clock, None, "127.0.0.1"), listener);
+    let (a, secret_a) = create_client(&node_tx, "listen").await;
+    let (b, secret_b) = create_client(&node_tx, "target").await;
+    std::mem::forget(start_agent(node_addr, a, &secret_a, 2).await);
+    std::mem::forget(start_agent(node_addr, b, &secret_b, 3).await);
+    Setup {
+        node: node_tx,
+        node_addr,
+        listen_client: a,
+        target_client: b,
+        echo: echo_server().await,
+    }
+}
+
+async fn put_mapping(s: &Setup, entry: Entry, seed: u64) {
+    let mapping = Mapping {
+        id: MappingId::generate(&mut Rng::seed_from_u64(seed)),
+        owner: None,
+        entry,
+        target_client: s.target_client,
+        target: Target::Fixed {
+            host: "127.0.0.1".into(),
+            port: s.echo.port(),
+        },
+        protocol: Protocol::Tcp,
+        options: MappingOptions::default(),
+        created_at: wall_now(),
+        expires_at: None,
+        status: MappingStatus::Active,
+    };
+    let (reply, rx) = oneshot::channel();
+    s.node
+        .send(NodeCommand::PutMapping {
+            mapping: Box::new(mapping),
+            reply,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+}
+
+/// Connects (retrying while the listener comes up), sends `data`, half-closes, reads to the end.
+async fn round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stream = stream.expect("the entry listens");
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        // Half-close: the rest of the echo must still arrive.
+        w.shutdown().await.unwrap();
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    writer.await.unwrap();
+    out
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::seed_from_u64(seed).fill(&mut v);
+    v
+}
+
+async fn many_connections(port: u16, count: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tasks.push(tokio::spawn(async move {
+            let data = random(i, 1 + (i as usize * 7919) % 300_000);
+            let back = round_trip(port, data.clone()).await;
+            assert!(
+                back == data,
+                "connection {i}: {} of {} bytes came back",
+                back.len(),
+                data.len()
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_port_mapping_over_real_sockets() {
+    let s = setup().await;
+    let port = free_port();
+    put_mapping(
+        &s,
+        Entry::ClientPort {
+            listen_client: s.listen_client,
+            listen_addr: format!("127.0.0.1:{port}"),
+        },
+        1,
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(60), many_connections(port, 100))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_port_mapping_over_real_sockets() {
+    let s = setup().await;
+    let port = free_port();
+    put_mapping(&s, Entry::NodePort { port, bind: None }, 2).await;
+    tokio::time::timeout(Duration::from_secs(60), many_connections(port, 100))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_down_closes_the_visitor_cleanly_and_garbage_does_not_hurt_the_node() {
+    let s = setup().await;
+    // A mapping to a port where nothing listens: the target's dial is refused.
+    let dead = free_port();
+    let port = free_port();
+    let mapping = Mapping {
+        id: MappingId::generate(&mut Rng::seed_from_u64(9)),
+        owner: None,
+        entry: Entry::ClientPort {
+            listen_client: s.listen_client,
+            listen_addr: format!("127.0.0.1:{port}"),
+        },
+        target_client: s.target_client,
+        target: Target::Fixed {
+            host: "127.0.0.1".into(),
+            port: dead,
+        },
+        protocol: Protocol::Tcp,
+        options: MappingOptions::default(),
+        created_at: wall_now(),
+        expires_at: None,
+        status: MappingStatus::Active,
+    };
+    let (reply, rx) = oneshot::channel();
+    s.node
+        .send(NodeCommand::PutMapping {
+            mapping: Box::new(mapping),
+            reply,
+        })
+        .await
+        .unwrap();
+    rx.await.unwrap().unwrap();
+    let back = tokio::time::timeout(
+        Duration::from_secs(10),
+        round_trip(port, b"anyone there?".to_vec()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        back.is_empty(),
+        "nothing comes back from a target that is down"
+    );
+
+    // Garbage, then a truncated and an oversized frame straight at the node's client port:
+    // each connection is closed, and the node keeps serving.
+    let node_port = free_port();
+    put_mapping(
+        &s,
+        Entry::NodePort {
+            port: node_port,
+            bind: None,
+        },
+        10,
+    )
+    .await;
+    for junk in [
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        vec![1, 0x10, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+    ] {
+        // The node's own address: ask it through a fresh connection to the client port.
+        let mut raw = TcpStream::connect(s.node_addr).await.unwrap();
+        raw.write_all(&junk).await.unwrap();
+        let _ = raw.shutdown().await;
+        let mut sink = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(15), raw.read_to_end(&mut sink)).await;
+        assert!(
+            closed.is_ok(),
+            "the node closes a connection that sent {junk:?}"
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(30), many_connections(node_port, 10))
+        .await
+        .unwrap();
+}
