@@ -117,6 +117,9 @@ impl AgentDriver {
         for (_, handle) in std::mem::take(&mut self.listeners) {
             handle.abort();
         }
+        for (_, (socket, _)) in std::mem::take(&mut self.sockets) {
+            socket.abort();
+        }
     }
 
     fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {

@@ -135,6 +135,10 @@ impl NodeDriver {
         for (_, handle) in std::mem::take(&mut self.node_ports) {
             handle.abort();
         }
+        // Stopping closes every connection at once, so clients notice and reconnect.
+        for (_, (socket, _)) in std::mem::take(&mut self.sockets) {
+            socket.abort();
+        }
     }
 
     fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {

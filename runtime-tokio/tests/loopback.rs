@@ -301,3 +301,73 @@ async fn target_down_closes_the_visitor_cleanly_and_garbage_does_not_hurt_the_no
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_node_restart_clients_reconnect_and_mappings_work_from_the_store() {
+    use tunnox_runtime_tokio::storage::EmbeddedStore;
+    let dir = std::env::temp_dir().join(format!("tunnox-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("tunnox.redb");
+
+    let start_node = |listener: TcpListener| {
+        let store = EmbeddedStore::open(&path).unwrap();
+        let state = store.load().unwrap();
+        let clock = Clock::new();
+        let node = Node::new(
+            clock.now(),
+            wall_now(),
+            NodeConfig::new("node-1"),
+            state,
+            Rng::seed_from_u64(4),
+        );
+        spawn_node(
+            NodeDriver::new(node, clock, Some(store), "127.0.0.1"),
+            listener,
+        )
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_addr = listener.local_addr().unwrap();
+    let (node, task) = start_node(listener);
+    let (a, secret_a) = create_client(&node, "listen").await;
+    let (b, secret_b) = create_client(&node, "target").await;
+    std::mem::forget(start_agent(node_addr, a, &secret_a, 5).await);
+    std::mem::forget(start_agent(node_addr, b, &secret_b, 6).await);
+    let setup = Setup {
+        node: node.clone(),
+        node_addr,
+        listen_client: a,
+        target_client: b,
+        echo: echo_server().await,
+    };
+    let port = free_port();
+    put_mapping(
+        &setup,
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: format!("127.0.0.1:{port}"),
+        },
+        11,
+    )
+    .await;
+    assert_eq!(round_trip(port, b"before".to_vec()).await, b"before");
+
+    // Stop the node; start a new one on the same address from what the store kept.
+    node.send(NodeCommand::Shutdown).await.unwrap();
+    task.await.unwrap();
+    let listener = TcpListener::bind(node_addr).await.unwrap();
+    let (_node, _task) = start_node(listener);
+    // The clients log in again with their saved keys (the node knows them from the store), the
+    // mapping comes back in their config, and traffic flows again.
+    let mut back = Vec::new();
+    for _ in 0..100 {
+        back = tokio::time::timeout(Duration::from_secs(2), round_trip(port, b"after".to_vec()))
+            .await
+            .unwrap_or_default();
+        if back == b"after" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(back, b"after");
+    let _ = std::fs::remove_dir_all(&dir);
+}
