@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tunnox_core::agent::{Agent, AgentOutput, AttemptId};
 use tunnox_core::relay::{LocalId, LocalOutput};
 use tunnox_core::tunnel::DialFailure;
@@ -31,10 +34,23 @@ pub enum AgentCommand {
     Shutdown,
 }
 
+/// A connected node session: TCP, or TLS over TCP.
+trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionStream for T {}
+
+/// TLS settings for the node connection.
+#[derive(Clone)]
+struct ClientTls(TlsConnector, ServerName<'static>);
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientTls({:?})", self.1)
+    }
+}
+
 /// Results of the driver's own background work.
-#[derive(Debug)]
 enum Background {
-    Connected(AttemptId, TcpStream),
+    Connected(AttemptId, Box<dyn SessionStream>),
     ConnectFailed(AttemptId),
     Visitor(String, TcpStream, SocketAddr),
     Dialed(LocalId, Result<TcpStream, DialFailure>),
@@ -67,6 +83,19 @@ pub struct AgentDriver {
     background_tx: mpsc::Sender<Background>,
     background: mpsc::Receiver<Background>,
     notices: mpsc::Sender<AgentOutput>,
+    /// TLS to the node (None = plain TCP, for tests and loopback only).
+    tls: Option<ClientTls>,
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Background::Connected(a, _) => write!(f, "Connected({a})"),
+            Background::ConnectFailed(a) => write!(f, "ConnectFailed({a})"),
+            Background::Visitor(m, _, addr) => write!(f, "Visitor({m}, {addr})"),
+            Background::Dialed(l, r) => write!(f, "Dialed({l}, {:?})", r.as_ref().err()),
+        }
+    }
 }
 
 impl AgentDriver {
@@ -94,7 +123,18 @@ impl AgentDriver {
             background_tx,
             background,
             notices,
+            tls: None,
         }
+    }
+
+    /// Connects to the node over TLS with `connector`, presenting `server_name`.
+    pub fn with_tls(
+        mut self,
+        connector: TlsConnector,
+        server_name: ServerName<'static>,
+    ) -> AgentDriver {
+        self.tls = Some(ClientTls(connector, server_name));
+        self
     }
 
     /// Runs until `Shutdown`, the command channel closing, or the agent stopping for good.
@@ -134,7 +174,10 @@ impl AgentDriver {
         let now = self.clock.now();
         match done {
             Background::Connected(attempt, stream) => {
-                let id = self.add_socket(stream, Kind::Session(attempt));
+                let id = self.next_id;
+                self.next_id += 1;
+                let socket = Socket::spawn_stream(id, stream, self.events_tx.clone());
+                self.sockets.insert(id, (socket, Kind::Session(attempt)));
                 self.attempt_socket.insert(attempt, id);
                 self.agent.connected(now, attempt);
             }
@@ -312,10 +355,11 @@ impl AgentDriver {
             AgentOutput::Connect { attempt, server } => {
                 let addr = self.servers[server % self.servers.len().max(1)];
                 let background = self.background_tx.clone();
+                let tls = self.tls.clone();
                 tokio::spawn(async move {
-                    let done = match TcpStream::connect(addr).await {
-                        Ok(stream) => Background::Connected(attempt, stream),
-                        Err(_) => Background::ConnectFailed(attempt),
+                    let done = match connect(addr, tls).await {
+                        Some(stream) => Background::Connected(attempt, stream),
+                        None => Background::ConnectFailed(attempt),
                     };
                     let _ = background.send(done).await;
                 });
@@ -397,6 +441,26 @@ impl AgentDriver {
                 // for the application; dropped if it does not keep up.
                 let _ = self.notices.try_send(notice);
             }
+        }
+    }
+}
+
+/// Connects to a node, over TLS when configured; `None` if either step fails (the agent backs
+/// off and retries).
+async fn connect(addr: SocketAddr, tls: Option<ClientTls>) -> Option<Box<dyn SessionStream>> {
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => Some(Box::new(tcp)),
+        Some(ClientTls(connector, name)) => {
+            let secured = tokio::time::timeout(DIAL_TIMEOUT, connector.connect(name, tcp))
+                .await
+                .ok()?
+                .ok()?;
+            Some(Box::new(secured))
         }
     }
 }

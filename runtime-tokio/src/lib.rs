@@ -11,3 +11,4 @@ pub mod clock;
 pub mod node;
 pub mod socket;
 pub mod storage;
+pub mod tls;

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tunnox_core::control::{ClientId, ClientSecret, Mapping, MappingId, UserId};
 use tunnox_core::node::{AdminError, Node, NodeOutput};
 use tunnox_core::relay::LocalOutput;
@@ -62,6 +63,19 @@ enum Kind {
 /// Accepted node-port visitors, reported by the port's accept task.
 type VisitorAccept = (u16, TcpStream, SocketAddr);
 
+/// TLS for client sessions.
+#[derive(Clone)]
+struct ServerTls(TlsAcceptor);
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A node driven by tokio (see the module docs).
 #[derive(Debug)]
 pub struct NodeDriver {
@@ -77,6 +91,10 @@ pub struct NodeDriver {
     node_ports: BTreeMap<u16, JoinHandle<()>>,
     /// Address node ports bind when a mapping names none.
     default_bind: String,
+    /// TLS for client sessions (None = plain TCP, for tests and loopback only).
+    tls: Option<ServerTls>,
+    secured_tx: mpsc::Sender<tokio_rustls::server::TlsStream<TcpStream>>,
+    secured: mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>>,
 }
 
 impl NodeDriver {
@@ -89,7 +107,11 @@ impl NodeDriver {
     ) -> NodeDriver {
         let (events_tx, events) = mpsc::channel(EVENTS);
         let (visitors_tx, visitors) = mpsc::channel(EVENTS);
+        let (secured_tx, secured) = mpsc::channel(EVENTS);
         NodeDriver {
+            tls: None,
+            secured_tx,
+            secured,
             node,
             clock,
             store,
@@ -102,6 +124,12 @@ impl NodeDriver {
             node_ports: BTreeMap::new(),
             default_bind: default_bind.to_owned(),
         }
+    }
+
+    /// Serves client sessions over TLS with `acceptor`.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> NodeDriver {
+        self.tls = Some(ServerTls(acceptor));
+        self
     }
 
     /// Serves clients on `listener` and answers `commands` until `Shutdown` or the command
@@ -119,9 +147,32 @@ impl NodeDriver {
                 Some(event) = self.events.recv() => self.on_socket_event(event),
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        let id = self.add_socket(stream, Kind::Client);
-                        self.node.accept_connection(self.clock.now(), id);
+                        match self.tls.clone() {
+                            None => {
+                                let id = self.add_socket(stream, Kind::Client);
+                                self.node.accept_connection(self.clock.now(), id);
+                            }
+                            // The handshake runs in its own task: the accept loop never waits on
+                            // a client.
+                            Some(ServerTls(acceptor)) => {
+                                let secured = self.secured_tx.clone();
+                                tokio::spawn(async move {
+                                    let _ = stream.set_nodelay(true);
+                                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                                    if let Ok(Ok(tls)) = handshake.await {
+                                        let _ = secured.send(tls).await;
+                                    }
+                                });
+                            }
+                        }
                     }
+                }
+                Some(tls) = self.secured.recv() => {
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    let socket = Socket::spawn_stream(id, tls, self.events_tx.clone());
+                    self.sockets.insert(id, (socket, Kind::Client));
+                    self.node.accept_connection(self.clock.now(), id);
                 }
                 Some((port, stream, addr)) = self.visitors.recv() => {
                     let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };

@@ -3,7 +3,7 @@
 //! writes what the driver queues and reports each write.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -45,10 +45,18 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// Starts serving `stream` as socket `id`, reporting to `events`.
+    /// Starts serving a TCP `stream` (Nagle off) as socket `id`, reporting to `events`.
     pub fn spawn(id: SocketId, stream: TcpStream, events: mpsc::Sender<SocketEvent>) -> Socket {
         let _ = stream.set_nodelay(true);
-        let (mut read, mut write) = stream.into_split();
+        Socket::spawn_stream(id, stream, events)
+    }
+
+    /// Starts serving any byte stream (a TLS session, say) as socket `id`.
+    pub fn spawn_stream<S>(id: SocketId, stream: S, events: mpsc::Sender<SocketEvent>) -> Socket
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut read, mut write) = tokio::io::split(stream);
         let (paused_tx, mut paused) = watch::channel(false);
         let read_events = events.clone();
         let reader = tokio::spawn(async move {

@@ -3,6 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::{create_client, echo_server, free_port, many_connections, round_trip};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -21,47 +25,12 @@ use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
 use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
 
-async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Setup {
     node: mpsc::Sender<NodeCommand>,
     node_addr: SocketAddr,
     listen_client: ClientId,
     target_client: ClientId,
     echo: SocketAddr,
-}
-
-async fn create_client(node: &mpsc::Sender<NodeCommand>, label: &str) -> (ClientId, ClientSecret) {
-    let (reply, rx) = oneshot::channel();
-    node.send(NodeCommand::CreateClient {
-        owner: None,
-        label: label.into(),
-        reply,
-    })
-    .await
-    .unwrap();
-    rx.await.unwrap().unwrap()
 }
 
 async fn start_agent(
@@ -146,54 +115,6 @@ async fn put_mapping(s: &Setup, entry: Entry, seed: u64) {
         .await
         .unwrap();
     rx.await.unwrap().unwrap();
-}
-
-/// Connects (retrying while the listener comes up), sends `data`, half-closes, reads to the end.
-async fn round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
-    let mut stream = None;
-    for _ in 0..100 {
-        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
-            stream = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stream = stream.expect("the entry listens");
-    let (mut r, mut w) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        w.write_all(&data).await.unwrap();
-        // Half-close: the rest of the echo must still arrive.
-        w.shutdown().await.unwrap();
-    });
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).await.unwrap();
-    writer.await.unwrap();
-    out
-}
-
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::seed_from_u64(seed).fill(&mut v);
-    v
-}
-
-async fn many_connections(port: u16, count: u64) {
-    let mut tasks = Vec::new();
-    for i in 0..count {
-        tasks.push(tokio::spawn(async move {
-            let data = random(i, 1 + (i as usize * 7919) % 300_000);
-            let back = round_trip(port, data.clone()).await;
-            assert!(
-                back == data,
-                "connection {i}: {} of {} bytes came back",
-                back.len(),
-                data.len()
-            );
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,99 @@
+//! Helpers shared by the real-socket tests.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tunnox_core::control::{ClientId, ClientSecret};
+use tunnox_core::rng::Rng;
+use tunnox_runtime_tokio::node::NodeCommand;
+
+pub async fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub async fn create_client(
+    node: &mpsc::Sender<NodeCommand>,
+    label: &str,
+) -> (ClientId, ClientSecret) {
+    let (reply, rx) = oneshot::channel();
+    node.send(NodeCommand::CreateClient {
+        owner: None,
+        label: label.into(),
+        reply,
+    })
+    .await
+    .unwrap();
+    rx.await.unwrap().unwrap()
+}
+
+/// Connects (retrying while the listener comes up), sends `data`, half-closes, reads to the end.
+pub async fn round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
+    let mut stream = None;
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            stream = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stream = stream.expect("the entry listens");
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&data).await.unwrap();
+        // Half-close: the rest of the echo must still arrive.
+        w.shutdown().await.unwrap();
+    });
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).await.unwrap();
+    writer.await.unwrap();
+    out
+}
+
+pub fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Rng::seed_from_u64(seed).fill(&mut v);
+    v
+}
+
+pub async fn many_connections(port: u16, count: u64) {
+    let mut tasks = Vec::new();
+    for i in 0..count {
+        tasks.push(tokio::spawn(async move {
+            let data = random(i, 1 + (i as usize * 7919) % 300_000);
+            let back = round_trip(port, data.clone()).await;
+            assert!(
+                back == data,
+                "connection {i}: {} of {} bytes came back",
+                back.len(),
+                data.len()
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
