@@ -3,7 +3,9 @@
 // A command-line program: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod client;
 mod quickstart;
+mod server;
 mod sim;
 
 use anyhow::bail;
@@ -20,9 +22,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node that clients connect to.
-    Server,
+    Server(server::ServerArgs),
     /// Run a client that keeps a session to a node and serves its mappings.
-    Client,
+    Client(client::ClientArgs),
     /// Manage users, clients and mappings through a node's API.
     Admin,
     /// Run one deterministic simulation and print its summary.
@@ -38,8 +40,7 @@ impl Command {
     fn pending_issue(&self) -> Option<(&'static str, &'static str)> {
         Some(match self {
             Command::Sim(_) => return None,
-            Command::Server => ("server", "the single-node issue (#4)"),
-            Command::Client => ("client", "the single-node issue (#4)"),
+            Command::Server(_) | Command::Client(_) => return None,
             Command::Admin => ("admin", "the management API issue (#6)"),
             Command::StorageServer => ("storage-server", "the cluster issue (#5)"),
             Command::Quickstart => return None,
@@ -50,13 +51,17 @@ impl Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Some((name, issue)) = cli.command.pending_issue() else {
+        let runtime = || {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        };
         return match cli.command {
             Command::Sim(args) => sim::main(args),
+            Command::Server(args) => runtime()?.block_on(server::run(args)),
+            Command::Client(args) => runtime()?.block_on(client::run(args)),
             _ => {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?;
-                let report = runtime.block_on(quickstart::run())?;
+                let report = runtime()?.block_on(quickstart::run())?;
                 quickstart::print(&report);
                 Ok(())
             }
@@ -64,6 +69,6 @@ fn main() -> anyhow::Result<()> {
     };
     bail!(
         "`tunnox {name}` is not built yet: it arrives with {issue}. \
-         What runs today: `tunnox quickstart` and `tunnox sim --seed 1`."
+         What runs today: `tunnox server`, `tunnox client`, `tunnox quickstart`, `tunnox sim`."
     )
 }

@@ -34,14 +34,15 @@ pub struct Report {
 }
 
 fn seed() -> [u8; 32] {
-    // Fresh per run; the core itself never reads OS randomness.
-    let mut seed = [0u8; 32];
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    seed[..16].copy_from_slice(&nanos.to_le_bytes());
-    seed[16..24].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
-    seed
+    // Session nonces must be unpredictable: seed from the OS, as the server does.
+    crate::server::os_seed().unwrap_or_else(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut seed = [0u8; 32];
+        seed[..16].copy_from_slice(&nanos.to_le_bytes());
+        seed
+    })
 }
 
 async fn echo_server() -> anyhow::Result<SocketAddr> {
@@ -265,9 +266,18 @@ pub fn print(report: &Report) {
     println!(
         "Sessions are authenticated by challenge-response; the secret never crossed the wire."
     );
-    println!("Running a node and clients as separate processes (`tunnox server`, `tunnox client`)");
-    println!("arrives with the rest of the single-node work; today the simulator shows more:");
-    println!("  cargo run --release -- sim --seed 1 --scenario standard");
+    println!();
+    println!("The same by hand (the service here: anything listening on 127.0.0.1:6379):");
+    println!(
+        "  tunnox server --listen 127.0.0.1:7000        # prints its TLS fingerprint, FP below"
+    );
+    println!(
+        "  tunnox client --server 127.0.0.1:7000 --fingerprint FP --credentials b.json tcp 6379"
+    );
+    println!("      # prints a connection code, CODE below; keep it running");
+    println!("  tunnox client --server 127.0.0.1:7000 --fingerprint FP --credentials a.json \\");
+    println!("      use CODE --listen 127.0.0.1:16379");
+    println!("  redis-cli -p 16379 ping                      # through the tunnel");
 }
 
 #[cfg(test)]

@@ -46,6 +46,13 @@ pub enum NodeCommand {
         /// The answer.
         reply: oneshot::Sender<Result<(), AdminError>>,
     },
+    /// Drain: GOAWAY to every client, then stop once all have gone or `within` has passed.
+    Drain {
+        /// The longest the drain may take.
+        within: std::time::Duration,
+        /// Answered when the node has stopped.
+        done: oneshot::Sender<()>,
+    },
     /// Stop the node.
     Shutdown,
 }
@@ -136,12 +143,29 @@ impl NodeDriver {
     /// channel closes.
     pub async fn run(mut self, listener: TcpListener, mut commands: mpsc::Receiver<NodeCommand>) {
         self.flush();
+        let mut draining: Option<(tunnox_core::time::Instant, oneshot::Sender<()>)> = None;
         loop {
-            let deadline = self.node.poll_timeout().map(|t| self.clock.deadline(t));
+            if let Some((until, _)) = &draining
+                && (self.node.connection_count() == 0 || self.clock.now() >= *until)
+            {
+                if let Some((_, done)) = draining.take() {
+                    let _ = done.send(());
+                }
+                break;
+            }
+            let drain_deadline = draining.as_ref().map(|(until, _)| *until);
+            let deadline = tunnox_core::time::earliest(self.node.poll_timeout(), drain_deadline)
+                .map(|t| self.clock.deadline(t));
             tokio::select! {
                 biased;
                 command = commands.recv() => match command {
                     Some(NodeCommand::Shutdown) | None => break,
+                    Some(NodeCommand::Drain { within, done }) => {
+                        let now = self.clock.now();
+                        let until = now + within;
+                        self.node.drain(now, Some(until));
+                        draining = Some((until, done));
+                    }
                     Some(command) => self.on_command(command),
                 },
                 Some(event) = self.events.recv() => self.on_socket_event(event),
@@ -216,7 +240,7 @@ impl NodeDriver {
             NodeCommand::DeleteMapping { id, reply } => {
                 let _ = reply.send(self.node.delete_mapping(now, &id));
             }
-            NodeCommand::Shutdown => {}
+            NodeCommand::Shutdown | NodeCommand::Drain { .. } => {}
         }
     }
 
