@@ -1,0 +1,223 @@
+//! The real binaries as a user runs them: `tunnox server`, a client offering a service with a
+//! connection code, a client redeeming it, bytes through the tunnel, a server restart.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A child process killed when dropped, with its stdout lines on a channel.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnox"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first line containing `needle`, within 20 s.
+    fn wait_for(&self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn echo_service() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut reader = stream.try_clone().unwrap();
+                let mut writer = stream;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn echo_through(port: u16, len: usize) -> bool {
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let mut writer = stream.try_clone().unwrap();
+            let sent = data.clone();
+            // A refused tunnel resets the connection: that attempt fails and the loop retries.
+            let w = std::thread::spawn(move || {
+                let _ = writer.write_all(&sent);
+                let _ = writer.shutdown(std::net::Shutdown::Write);
+            });
+            let mut back = Vec::new();
+            let mut reader = stream;
+            let _ = reader.read_to_end(&mut back);
+            let _ = w.join();
+            if back == data {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {
+    let dir = std::env::temp_dir().join(format!("tunnox-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("data");
+    let (a_creds, b_creds) = (dir.join("a.json"), dir.join("b.json"));
+    let node_port = free_port();
+    let listen = format!("127.0.0.1:{node_port}");
+    let server_args = [
+        "server",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut server = Proc::spawn(&server_args);
+    let fp_line = server.wait_for("fingerprint:");
+    let fp = fp_line.rsplit(' ').next().unwrap().to_owned();
+    assert!(fp.starts_with("sha256:"), "{fp_line}");
+
+    let service = echo_service().to_string();
+    let b = Proc::spawn(&[
+        "client",
+        "--server",
+        &listen,
+        "--fingerprint",
+        &fp,
+        "--credentials",
+        b_creds.to_str().unwrap(),
+        "tcp",
+        &service,
+    ]);
+    let code_line = b.wait_for("connection code:");
+    let code = code_line.rsplit(' ').next().unwrap().to_owned();
+    let tunnel_port = free_port();
+    let tunnel = format!("127.0.0.1:{tunnel_port}");
+    let a = Proc::spawn(&[
+        "client",
+        "--server",
+        &listen,
+        "--fingerprint",
+        &fp,
+        "--credentials",
+        a_creds.to_str().unwrap(),
+        "use",
+        &code,
+        "--listen",
+        &tunnel,
+    ]);
+    a.wait_for("ready: listening on");
+    assert!(
+        echo_through(tunnel_port, 1 << 20),
+        "1 MiB through the tunnel"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&a_creds).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "saved credentials are private");
+    }
+
+    // Restart the node: same fingerprint, clients back, the mapping restored from the store.
+    server.terminate();
+    let server2 = Proc::spawn(&server_args);
+    let fp2 = server2.wait_for("fingerprint:");
+    assert_eq!(fp2, fp_line, "the identity is kept");
+    assert!(
+        echo_through(tunnel_port, 64 * 1024),
+        "the mapping works again after the restart"
+    );
+
+    // A redeemed code cannot be used again.
+    let c = Proc::spawn(&[
+        "client",
+        "--server",
+        &listen,
+        "--fingerprint",
+        &fp,
+        "--credentials",
+        dir.join("c.json").to_str().unwrap(),
+        "use",
+        &code,
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    let mut c = c;
+    let status = c.child.wait().unwrap();
+    assert!(!status.success(), "reusing a code fails");
+    drop((a, b, server2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_client_without_a_way_to_trust_the_node_refuses_to_start() {
+    let output = Command::new(env!("CARGO_BIN_EXE_tunnox"))
+        .args(["client", "--server", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--fingerprint"), "{stderr}");
+}
