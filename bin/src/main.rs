@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)]
 
 mod client;
+mod config;
 mod quickstart;
 mod server;
 mod sim;

@@ -14,31 +14,37 @@ use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
 use tunnox_runtime_tokio::storage::EmbeddedStore;
 use tunnox_runtime_tokio::tls::NodeIdentity;
 
-/// Options of `tunnox server` (each also from its `TUNNOX_…` environment variable).
+use crate::config::{ServerFile, StorageKind};
+
+/// Options of `tunnox server`. Each flag also reads its `TUNNOX_…` environment variable and
+/// overrides the same key of the `--config` file.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address clients connect to.
-    #[arg(long, env = "TUNNOX_LISTEN", default_value = "0.0.0.0:7000")]
-    listen: String,
-    /// Directory for the store and the node's TLS identity.
-    #[arg(long, env = "TUNNOX_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-    /// This node's id.
-    #[arg(long, env = "TUNNOX_NODE_ID", default_value = "node-1")]
-    node_id: String,
+    /// A YAML configuration file (keys in docs/configuration.md).
+    #[arg(long, env = "TUNNOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address clients connect to [default: 0.0.0.0:7000].
+    #[arg(long, env = "TUNNOX_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the store and the node's TLS identity [default: ./data].
+    #[arg(long, env = "TUNNOX_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// This node's id [default: node-1].
+    #[arg(long, env = "TUNNOX_NODE_ID")]
+    node_id: Option<String>,
     /// Keep state in memory only (lost on restart).
     #[arg(long, env = "TUNNOX_MEMORY_STORAGE")]
     memory_storage: bool,
     /// Refuse unknown clients instead of registering them anonymously.
     #[arg(long, env = "TUNNOX_NO_REGISTRATION")]
     no_registration: bool,
-    /// Address node ports bind by default.
-    #[arg(long, env = "TUNNOX_NODE_PORT_BIND", default_value = "0.0.0.0")]
-    node_port_bind: String,
+    /// Address node ports bind by default [default: 0.0.0.0].
+    #[arg(long, env = "TUNNOX_NODE_PORT_BIND")]
+    node_port_bind: Option<String>,
     /// Serve client sessions without TLS. Never on a network you do not control.
     #[arg(long, env = "TUNNOX_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
-    /// Names in the generated certificate (besides localhost).
+    /// Names in the generated certificate (besides localhost and the node id).
     #[arg(long = "tls-name", env = "TUNNOX_TLS_NAMES", value_delimiter = ',')]
     tls_names: Vec<String>,
 }
@@ -55,41 +61,70 @@ pub fn os_seed() -> anyhow::Result<[u8; 32]> {
 
 /// Runs a node until SIGINT/SIGTERM, then drains.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&args.listen)
+    let file = match &args.config {
+        Some(path) => ServerFile::load(path)?,
+        None => ServerFile::default(),
+    };
+    let listen = args
+        .listen
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "0.0.0.0:7000".into());
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("./data"));
+    let node_id = args
+        .node_id
+        .or(file.node_id.clone())
+        .unwrap_or_else(|| "node-1".into());
+    let memory = args.memory_storage || file.storage == Some(StorageKind::Memory);
+    let allow_registration = !args.no_registration && file.allow_registration.unwrap_or(true);
+    let node_port_bind = args
+        .node_port_bind
+        .or(file.node_port_bind.clone())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    let plaintext = args.insecure_plaintext || file.tls.insecure_plaintext;
+
+    let listener = TcpListener::bind(&listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let store = if args.memory_storage {
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let store = if memory {
         None
     } else {
-        let path = args.data_dir.join("tunnox.redb");
+        let path = data_dir.join("tunnox.redb");
         Some(EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?)
     };
     let state = match &store {
         Some(store) => store.load()?,
         None => ControlState::default(),
     };
-    let mut config = NodeConfig::new(args.node_id.clone());
-    config.allow_registration = !args.no_registration;
+    let mut config = NodeConfig::new(node_id.clone());
+    config.allow_registration = allow_registration;
     let clock = Clock::new();
-    let node = Node::new(
+    let mut node = Node::new(
         clock.now(),
         wall_now(),
         config,
         state,
         Rng::from_seed(os_seed()?),
     );
-    let mut driver = NodeDriver::new(node, clock, store, &args.node_port_bind);
+    for mapping in file.mappings(wall_now())? {
+        let name = mapping.id.clone();
+        node.put_mapping(clock.now(), mapping)
+            .with_context(|| format!("configured mapping {name}"))?;
+    }
+    let mut driver = NodeDriver::new(node, clock, store, &node_port_bind);
     println!(
-        "tunnox node {} listening on {}",
-        args.node_id,
+        "tunnox node {node_id} listening on {}",
         listener.local_addr()?
     );
-    if args.insecure_plaintext {
-        eprintln!("WARNING: client sessions are NOT encrypted (--insecure-plaintext).");
+    if plaintext {
+        eprintln!("WARNING: client sessions are NOT encrypted (insecure plaintext).");
     } else {
-        let mut names = vec!["localhost".to_owned(), args.node_id.clone()];
+        let mut names = vec!["localhost".to_owned(), node_id.clone()];
+        names.extend(file.tls.names.iter().cloned());
         names.extend(args.tls_names.iter().cloned());
-        let identity = NodeIdentity::load_or_generate(&args.data_dir, &names)?;
+        let identity = NodeIdentity::load_or_generate(&data_dir, &names)?;
         println!("TLS certificate fingerprint: {}", identity.fingerprint());
         println!(
             "  clients pin it with: tunnox client --server HOST:PORT --fingerprint {}",
@@ -97,9 +132,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         );
         driver = driver.with_tls(identity.acceptor()?);
     }
-    match args.memory_storage {
+    match memory {
         true => println!("state: in memory (lost on restart)"),
-        false => println!("state: {}", args.data_dir.join("tunnox.redb").display()),
+        false => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
     let (commands, task) = spawn_node(driver, listener);
     shutdown_signal().await;

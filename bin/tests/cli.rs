@@ -221,3 +221,57 @@ fn a_client_without_a_way_to_trust_the_node_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--fingerprint"), "{stderr}");
 }
+
+#[test]
+fn a_node_port_mapping_from_the_config_file_reaches_a_registered_client() {
+    let dir = std::env::temp_dir().join(format!("tunnox-cli-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("tunnox.yaml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = format!(
+        "listen: {listen}\ndata_dir: {}\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&config, &base).unwrap();
+    let server_args = ["server", "--config", config.to_str().unwrap()];
+
+    // The target client registers first, to learn its id.
+    let mut server = Proc::spawn(&server_args);
+    let fp_line = server.wait_for("fingerprint:");
+    let fp = fp_line.rsplit(' ').next().unwrap().to_owned();
+    let creds = dir.join("b.json");
+    let b = Proc::spawn(&[
+        "client",
+        "--server",
+        &listen,
+        "--fingerprint",
+        &fp,
+        "--credentials",
+        creds.to_str().unwrap(),
+    ]);
+    let registered = b.wait_for("registered as client");
+    let client_id = registered
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_owned();
+
+    // The operator adds a node-port mapping to that client and restarts the node.
+    let service = echo_service();
+    let public = free_port();
+    let mapping = format!(
+        "mappings:\n  - name: echo\n    entry: {{ kind: node_port, port: {public} }}\n    target_client: {client_id}\n    target: {{ kind: fixed, host: 127.0.0.1, port: {service} }}\n"
+    );
+    std::fs::write(&config, format!("{base}{mapping}")).unwrap();
+    server.terminate();
+    let server2 = Proc::spawn(&server_args);
+    server2.wait_for("fingerprint:");
+    assert!(
+        echo_through(public, 256 * 1024),
+        "visitors at the node port reach the service"
+    );
+    drop((b, server2));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,197 @@
+//! The server's YAML configuration file. Unknown keys and bad values are errors that name the
+//! key; command-line flags and `TUNNOX_…` environment variables override the file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tunnox_core::control::{
+    ClientId, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol, Target,
+    UnixMillis,
+};
+use tunnox_core::digest::Fnv64;
+
+/// `tunnox server --config FILE`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// This node's id.
+    pub node_id: Option<String>,
+    /// Address clients connect to.
+    pub listen: Option<String>,
+    /// Directory for the store and the TLS identity.
+    pub data_dir: Option<PathBuf>,
+    /// `embedded` (default) or `memory`.
+    pub storage: Option<StorageKind>,
+    /// Whether unknown clients may register anonymously.
+    pub allow_registration: Option<bool>,
+    /// Address node ports bind by default.
+    pub node_port_bind: Option<String>,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: TlsFile,
+    /// Mappings to serve: created or updated at every start (removing one from the file does
+    /// not delete it; the management API will).
+    #[serde(default)]
+    pub mappings: Vec<MappingFile>,
+}
+
+/// Where the node keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StorageKind {
+    /// The embedded store under `data_dir`.
+    Embedded,
+    /// Memory only.
+    Memory,
+}
+
+/// `tls:` settings.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// Serve without TLS (never on a network you do not control).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Extra names in the generated certificate.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// One mapping in the file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingFile {
+    /// A unique name; the mapping's id derives from it, so it is stable across restarts.
+    pub name: String,
+    /// Where visitors arrive.
+    pub entry: Entry,
+    /// The client that dials the target.
+    pub target_client: u64,
+    /// What it dials.
+    pub target: Target,
+    /// tcp (default), udp, http or socks5.
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    /// Bandwidth limit, connection limit, source CIDRs, ….
+    #[serde(default)]
+    pub options: MappingOptions,
+}
+
+fn tcp() -> Protocol {
+    Protocol::Tcp
+}
+
+impl ServerFile {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> anyhow::Result<ServerFile> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        ServerFile::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses YAML text.
+    pub fn parse(text: &str) -> anyhow::Result<ServerFile> {
+        Ok(serde_yaml_ng::from_str(text)?)
+    }
+
+    /// The file's mappings as the node stores them, each checked (errors name the mapping and
+    /// the field).
+    pub fn mappings(&self, now: UnixMillis) -> anyhow::Result<Vec<Mapping>> {
+        let mut out = Vec::new();
+        for m in &self.mappings {
+            let mapping = Mapping {
+                id: id_for(&m.name)?,
+                owner: None,
+                entry: m.entry.clone(),
+                target_client: ClientId(m.target_client),
+                target: m.target.clone(),
+                protocol: m.protocol,
+                options: m.options.clone(),
+                created_at: now,
+                expires_at: None,
+                status: MappingStatus::Active,
+            };
+            mapping
+                .validate()
+                .with_context(|| format!("mapping `{}`", m.name))?;
+            out.push(mapping);
+        }
+        Ok(out)
+    }
+}
+
+/// A stable mapping id for a configured name.
+fn id_for(name: &str) -> anyhow::Result<MappingId> {
+    const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstuvwxyz";
+    let mut h = Fnv64::new();
+    h.write(name.as_bytes());
+    let mut v = h.finish();
+    let mut id = String::from("m-");
+    for _ in 0..12 {
+        id.push(char::from(ALPHABET[(v % 33) as usize]));
+        v /= 33;
+        if v == 0 {
+            let mut h2 = Fnv64::new();
+            h2.write(id.as_bytes());
+            v = h2.finish();
+        }
+    }
+    MappingId::parse(&id).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id: edge-1
+listen: 127.0.0.1:7000
+storage: memory
+tls:
+  names: [tunnel.example.com]
+mappings:
+  - name: redis
+    entry: { kind: node_port, port: 16379 }
+    target_client: 123456789012
+    target: { kind: fixed, host: 127.0.0.1, port: 6379 }
+"#;
+
+    #[test]
+    fn a_good_file_parses_into_checked_mappings_with_stable_ids() {
+        let file = ServerFile::parse(GOOD).unwrap();
+        assert_eq!(file.node_id.as_deref(), Some("edge-1"));
+        assert_eq!(file.storage, Some(StorageKind::Memory));
+        let mappings = file.mappings(UnixMillis(1)).unwrap();
+        assert_eq!(mappings.len(), 1);
+        assert_eq!(mappings[0].id, id_for("redis").unwrap(), "the id is stable");
+        assert_ne!(id_for("redis").unwrap(), id_for("redis2").unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = ServerFile::parse("listen: 1.2.3.4:5\nlisten_port: 7\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listen_port"), "{err}");
+        let err = ServerFile::parse("allow_registration: maybe\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allow_registration"), "{err}");
+        let err = ServerFile::parse("storage: cloud\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("storage"), "{err}");
+        let bad_port = GOOD.replace("port: 6379", "port: 0");
+        let err = format!(
+            "{:#}",
+            ServerFile::parse(&bad_port)
+                .unwrap()
+                .mappings(UnixMillis(1))
+                .unwrap_err()
+        );
+        assert!(
+            err.contains("redis") && err.contains("target.port"),
+            "{err}"
+        );
+    }
+}
