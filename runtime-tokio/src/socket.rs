@@ -60,16 +60,19 @@ impl Socket {
         let (paused_tx, mut paused) = watch::channel(false);
         let read_events = events.clone();
         let reader = tokio::spawn(async move {
+            // One buffer, split per read: once the consumer drops earlier chunks, `reserve`
+            // reuses the same allocation instead of faulting in fresh pages every read.
+            let mut buf = BytesMut::new();
             loop {
                 while *paused.borrow() {
                     if paused.changed().await.is_err() {
                         return;
                     }
                 }
-                let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                buf.reserve(READ_CHUNK);
                 let event = match read.read_buf(&mut buf).await {
                     Ok(0) => SocketEvent::Eof(id),
-                    Ok(_) => SocketEvent::Data(id, buf.freeze()),
+                    Ok(_) => SocketEvent::Data(id, buf.split().freeze()),
                     Err(_) => SocketEvent::Failed(id),
                 };
                 let end = !matches!(event, SocketEvent::Data(..));

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{create_client, echo_server, free_port, many_connections, round_trip};
+use common::{create_client, echo_server, free_port, many_connections, round_trip, try_round_trip};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -281,9 +281,15 @@ async fn after_a_node_restart_clients_reconnect_and_mappings_work_from_the_store
     // mapping comes back in their config, and traffic flows again.
     let mut back = Vec::new();
     for _ in 0..100 {
-        back = tokio::time::timeout(Duration::from_secs(2), round_trip(port, b"after".to_vec()))
-            .await
-            .unwrap_or_default();
+        // While the clients are still reconnecting a visitor may be reset: try again.
+        back = tokio::time::timeout(
+            Duration::from_secs(2),
+            try_round_trip(port, b"after".to_vec()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
         if back == b"after" {
             break;
         }

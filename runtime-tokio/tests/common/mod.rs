@@ -52,6 +52,13 @@ pub async fn create_client(
 
 /// Connects (retrying while the listener comes up), sends `data`, half-closes, reads to the end.
 pub async fn round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
+    try_round_trip(port, data)
+        .await
+        .expect("the round trip completes")
+}
+
+/// [`round_trip`], returning a reset or failed write as an error instead of panicking.
+pub async fn try_round_trip(port: u16, data: Vec<u8>) -> std::io::Result<Vec<u8>> {
     let mut stream = None;
     for _ in 0..100 {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
@@ -63,14 +70,14 @@ pub async fn round_trip(port: u16, data: Vec<u8>) -> Vec<u8> {
     let stream = stream.expect("the entry listens");
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
-        w.write_all(&data).await.unwrap();
+        w.write_all(&data).await?;
         // Half-close: the rest of the echo must still arrive.
-        w.shutdown().await.unwrap();
+        w.shutdown().await
     });
     let mut out = Vec::new();
-    r.read_to_end(&mut out).await.unwrap();
-    writer.await.unwrap();
-    out
+    r.read_to_end(&mut out).await?;
+    writer.await.expect("the writer task does not panic")?;
+    Ok(out)
 }
 
 pub fn random(seed: u64, len: usize) -> Vec<u8> {
