@@ -1,6 +1,6 @@
 //! A TCP socket served by two tasks: a reader that forwards bytes to the driver (and can be
 //! paused, so a full stream stops the socket instead of growing a buffer) and a writer that
-//! writes what the driver queues and reports each write.
+//! writes what the driver queues (several queued chunks per vectored write) and reports it.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +15,47 @@ pub type SocketId = u64;
 const WRITE_QUEUE: usize = 4096;
 /// Bytes read per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most queued bytes gathered into one vectored write.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Most chunks in one vectored write (below the usual IOV_MAX of 1024).
+const MAX_IOVECS: usize = 64;
+
+/// Writes every chunk in `batch` with vectored writes, then empties it.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    batch: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    loop {
+        while batch.get(first).is_some_and(Bytes::is_empty) {
+            first += 1;
+        }
+        if first == batch.len() {
+            break;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = batch[first..]
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut written = write.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let chunk = &mut batch[first];
+            let step = written.min(chunk.len());
+            chunk.advance(step);
+            written -= step;
+            if chunk.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    batch.clear();
+    Ok(())
+}
 
 /// What a socket's tasks report to the driver.
 #[derive(Debug)]
@@ -83,24 +124,43 @@ impl Socket {
         });
         let (writes, mut queue) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
         let writer = tokio::spawn(async move {
-            while let Some(cmd) = queue.recv().await {
-                match cmd {
-                    WriteCmd::Data(bytes) => {
-                        if write.write_all(&bytes).await.is_err() {
-                            let _ = events.send(SocketEvent::Failed(id)).await;
-                            return;
+            let mut batch: Vec<Bytes> = Vec::new();
+            while let Some(first) = queue.recv().await {
+                // Take what else is already queued, so one vectored write (and one report)
+                // covers several chunks.
+                let mut next = Some(first);
+                let mut shutdown = false;
+                let mut batched = 0;
+                while let Some(cmd) = next.take() {
+                    match cmd {
+                        WriteCmd::Data(bytes) => {
+                            batched += bytes.len();
+                            batch.push(bytes);
                         }
-                        if events
-                            .send(SocketEvent::Written(id, bytes.len()))
-                            .await
-                            .is_err()
-                        {
-                            return;
+                        WriteCmd::Shutdown => {
+                            shutdown = true;
+                            break;
                         }
                     }
-                    WriteCmd::Shutdown => {
-                        let _ = write.shutdown().await;
+                    if batched < WRITE_BATCH {
+                        next = queue.try_recv().ok();
                     }
+                }
+                if batched > 0 {
+                    if write_batch(&mut write, &mut batch).await.is_err() {
+                        let _ = events.send(SocketEvent::Failed(id)).await;
+                        return;
+                    }
+                    if events
+                        .send(SocketEvent::Written(id, batched))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if shutdown {
+                    let _ = write.shutdown().await;
                 }
             }
             // The driver dropped the handle: everything queued was written; close.
@@ -138,5 +198,81 @@ impl Socket {
     pub fn abort(self) {
         self.reader.abort();
         self.writer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Accepts at most `step` bytes per call, vectored or not.
+    struct Trickle {
+        out: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut left = self.step;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.out.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            Poll::Ready(Ok(self.step - left))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_survives_partial_writes_and_empty_chunks() {
+        let chunks: Vec<Bytes> = (0..100u8)
+            .map(|i| Bytes::from(vec![i; usize::from(i % 7)]))
+            .collect();
+        let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        for step in [1, 3, 5, 64, 10_000] {
+            let mut sink = Trickle {
+                out: Vec::new(),
+                step,
+            };
+            let mut batch = chunks.clone();
+            write_batch(&mut sink, &mut batch).await.unwrap();
+            assert_eq!(sink.out, expected, "step {step}");
+            assert!(batch.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_takes_nothing_is_an_error_not_a_hang() {
+        let mut sink = Trickle {
+            out: Vec::new(),
+            step: 0,
+        };
+        let mut batch = vec![Bytes::from_static(b"abc")];
+        let err = write_batch(&mut sink, &mut batch).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
     }
 }
