@@ -7,18 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
-use tunnox_core::control::{
-    ClientId, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol,
-    Target,
-};
+use tunnox_core::control::{ClientId, ClientSecret, Entry, Mapping, MappingId};
 use tunnox_core::node::{ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::ClientIdentity;
 use tunnox_runtime_tokio::agent::{AgentCommand, AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
-use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
+use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, create_client, put_mapping, spawn_node};
 
 /// Bytes pushed through each mapping.
 const PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
@@ -66,20 +63,6 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn create_client(
-    node: &mpsc::Sender<NodeCommand>,
-    label: &str,
-) -> anyhow::Result<(ClientId, ClientSecret)> {
-    let (reply, rx) = oneshot::channel();
-    node.send(NodeCommand::CreateClient {
-        owner: None,
-        label: label.into(),
-        reply,
-    })
-    .await?;
-    Ok(rx.await??)
-}
-
 async fn start_agent(
     node: SocketAddr,
     id: ClientId,
@@ -110,34 +93,22 @@ async fn start_agent(
     }
 }
 
-async fn put_mapping(
+async fn put_echo_mapping(
     node: &mpsc::Sender<NodeCommand>,
     entry: Entry,
     target: ClientId,
     echo: SocketAddr,
 ) -> anyhow::Result<()> {
-    let mapping = Mapping {
-        id: MappingId::generate(&mut Rng::from_seed(seed())),
-        owner: None,
+    let id = MappingId::generate(&mut Rng::from_seed(seed()));
+    let mapping = Mapping::tcp(
+        id,
         entry,
-        target_client: target,
-        target: Target::Fixed {
-            host: echo.ip().to_string(),
-            port: echo.port(),
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: wall_now(),
-        expires_at: None,
-        status: MappingStatus::Active,
-    };
-    let (reply, rx) = oneshot::channel();
-    node.send(NodeCommand::PutMapping {
-        mapping: Box::new(mapping),
-        reply,
-    })
-    .await?;
-    Ok(rx.await??)
+        target,
+        echo.ip().to_string(),
+        echo.port(),
+        wall_now(),
+    );
+    Ok(put_mapping(node, mapping).await?)
 }
 
 /// Sends `PAYLOAD_BYTES` through `port`, half-closes, reads the echo and checks it.
@@ -195,7 +166,7 @@ pub async fn run() -> anyhow::Result<Report> {
     let _target = start_agent(node_addr, target_id, &target_secret).await?;
 
     let client_port = free_port()?;
-    put_mapping(
+    put_echo_mapping(
         &node_tx,
         Entry::ClientPort {
             listen_client: listen_id,
@@ -208,7 +179,7 @@ pub async fn run() -> anyhow::Result<Report> {
     let client_port_took = push_through(client_port).await?;
 
     let node_port = free_port()?;
-    put_mapping(
+    put_echo_mapping(
         &node_tx,
         Entry::NodePort {
             port: node_port,

@@ -57,6 +57,54 @@ pub enum NodeCommand {
     Shutdown,
 }
 
+/// Why a request to a running node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeRequestError {
+    /// The node task has stopped.
+    #[error("the node has stopped")]
+    Stopped,
+    /// The node refused the request.
+    #[error(transparent)]
+    Refused(#[from] AdminError),
+}
+
+/// Sends `command` (built around a fresh reply channel) and waits for the node's answer.
+async fn request<T>(
+    node: &mpsc::Sender<NodeCommand>,
+    command: impl FnOnce(oneshot::Sender<Result<T, AdminError>>) -> NodeCommand,
+) -> Result<T, NodeRequestError> {
+    let (reply, answer) = oneshot::channel();
+    node.send(command(reply))
+        .await
+        .map_err(|_| NodeRequestError::Stopped)?;
+    Ok(answer.await.map_err(|_| NodeRequestError::Stopped)??)
+}
+
+/// Creates an unowned client on the node; returns its id and secret.
+pub async fn create_client(
+    node: &mpsc::Sender<NodeCommand>,
+    label: &str,
+) -> Result<(ClientId, ClientSecret), NodeRequestError> {
+    request(node, |reply| NodeCommand::CreateClient {
+        owner: None,
+        label: label.into(),
+        reply,
+    })
+    .await
+}
+
+/// Creates or replaces a mapping on the node.
+pub async fn put_mapping(
+    node: &mpsc::Sender<NodeCommand>,
+    mapping: Mapping,
+) -> Result<(), NodeRequestError> {
+    request(node, |reply| NodeCommand::PutMapping {
+        mapping: Box::new(mapping),
+        reply,
+    })
+    .await
+}
+
 #[derive(Debug)]
 enum Kind {
     Client,

@@ -12,18 +12,15 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
-use tunnox_core::control::{
-    ClientId, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol,
-    Target,
-};
+use tunnox_core::control::{ClientId, ClientSecret, Entry, Mapping, MappingId};
 use tunnox_core::node::{ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::ClientIdentity;
 use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
-use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
+use tunnox_runtime_tokio::node::{self, NodeCommand, NodeDriver, spawn_node};
 
 struct Setup {
     node: mpsc::Sender<NodeCommand>,
@@ -91,30 +88,16 @@ async fn setup() -> Setup {
 }
 
 async fn put_mapping(s: &Setup, entry: Entry, seed: u64) {
-    let mapping = Mapping {
-        id: MappingId::generate(&mut Rng::seed_from_u64(seed)),
-        owner: None,
-        entry,
-        target_client: s.target_client,
-        target: Target::Fixed {
-            host: "127.0.0.1".into(),
-            port: s.echo.port(),
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: wall_now(),
-        expires_at: None,
-        status: MappingStatus::Active,
-    };
-    let (reply, rx) = oneshot::channel();
-    s.node
-        .send(NodeCommand::PutMapping {
-            mapping: Box::new(mapping),
-            reply,
-        })
+    put_mapping_to(s, entry, s.echo.port(), seed).await;
+}
+
+/// A mapping from `entry` to `127.0.0.1:port` through the target client.
+async fn put_mapping_to(s: &Setup, entry: Entry, port: u16, seed: u64) {
+    let id = MappingId::generate(&mut Rng::seed_from_u64(seed));
+    let mapping = Mapping::tcp(id, entry, s.target_client, "127.0.0.1", port, wall_now());
+    node::put_mapping(&s.node, mapping)
         .await
-        .unwrap();
-    rx.await.unwrap().unwrap();
+        .expect("the node accepts the mapping");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,33 +134,16 @@ async fn target_down_closes_the_visitor_cleanly_and_garbage_does_not_hurt_the_no
     // A mapping to a port where nothing listens: the target's dial is refused.
     let dead = free_port();
     let port = free_port();
-    let mapping = Mapping {
-        id: MappingId::generate(&mut Rng::seed_from_u64(9)),
-        owner: None,
-        entry: Entry::ClientPort {
+    put_mapping_to(
+        &s,
+        Entry::ClientPort {
             listen_client: s.listen_client,
             listen_addr: format!("127.0.0.1:{port}"),
         },
-        target_client: s.target_client,
-        target: Target::Fixed {
-            host: "127.0.0.1".into(),
-            port: dead,
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: wall_now(),
-        expires_at: None,
-        status: MappingStatus::Active,
-    };
-    let (reply, rx) = oneshot::channel();
-    s.node
-        .send(NodeCommand::PutMapping {
-            mapping: Box::new(mapping),
-            reply,
-        })
-        .await
-        .unwrap();
-    rx.await.unwrap().unwrap();
+        dead,
+        9,
+    )
+    .await;
     let back = tokio::time::timeout(
         Duration::from_secs(10),
         round_trip(port, b"anyone there?".to_vec()),

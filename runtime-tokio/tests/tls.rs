@@ -10,19 +10,16 @@ use std::time::Duration;
 
 use common::{create_client, echo_server, free_port, many_connections};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
-use tunnox_core::control::{
-    ClientId, ClientSecret, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol,
-    Target,
-};
+use tunnox_core::control::{ClientId, ClientSecret, Entry, Mapping, MappingId};
 use tunnox_core::node::{ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::ClientIdentity;
 use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
-use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
+use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, put_mapping, spawn_node};
 use tunnox_runtime_tokio::tls::{Fingerprint, NodeIdentity, ServerTrust, connector};
 
 /// Starts a TLS node; returns its commands, address and certificate fingerprint.
@@ -99,32 +96,13 @@ async fn pinned_clients_tunnel_over_tls() {
     std::mem::forget((na, nb));
     let echo = echo_server().await;
     let port = free_port();
-    let mapping = Mapping {
-        id: MappingId::generate(&mut Rng::seed_from_u64(1)),
-        owner: None,
-        entry: Entry::ClientPort {
-            listen_client: a,
-            listen_addr: format!("127.0.0.1:{port}"),
-        },
-        target_client: b,
-        target: Target::Fixed {
-            host: "127.0.0.1".into(),
-            port: echo.port(),
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: wall_now(),
-        expires_at: None,
-        status: MappingStatus::Active,
+    let entry = Entry::ClientPort {
+        listen_client: a,
+        listen_addr: format!("127.0.0.1:{port}"),
     };
-    let (reply, rx) = oneshot::channel();
-    node.send(NodeCommand::PutMapping {
-        mapping: Box::new(mapping),
-        reply,
-    })
-    .await
-    .unwrap();
-    rx.await.unwrap().unwrap();
+    let id = MappingId::generate(&mut Rng::seed_from_u64(1));
+    let mapping = Mapping::tcp(id, entry, b, "127.0.0.1", echo.port(), wall_now());
+    put_mapping(&node, mapping).await.unwrap();
     tokio::time::timeout(Duration::from_secs(60), many_connections(port, 30))
         .await
         .unwrap();

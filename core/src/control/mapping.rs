@@ -73,6 +73,32 @@ fn same_listener(listen: &Host, target: &Host) -> bool {
 }
 
 impl Mapping {
+    /// An active, unowned TCP mapping to `host:port` with default options and no expiry.
+    pub fn tcp(
+        id: MappingId,
+        entry: Entry,
+        target_client: ClientId,
+        host: impl Into<String>,
+        port: u16,
+        created_at: UnixMillis,
+    ) -> Mapping {
+        Mapping {
+            id,
+            owner: None,
+            entry,
+            target_client,
+            target: Target::Fixed {
+                host: host.into(),
+                port,
+            },
+            protocol: Protocol::Tcp,
+            options: MappingOptions::default(),
+            created_at,
+            expires_at: None,
+            status: MappingStatus::Active,
+        }
+    }
+
     /// Checks every field and the rules between them (see the module docs); the error names the
     /// first offending field.
     pub fn validate(&self) -> Result<(), ValidationError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tunnox_core::control::{ClientId, ClientSecret};
 use tunnox_core::rng::Rng;
 use tunnox_runtime_tokio::node::NodeCommand;
@@ -39,15 +39,9 @@ pub async fn create_client(
     node: &mpsc::Sender<NodeCommand>,
     label: &str,
 ) -> (ClientId, ClientSecret) {
-    let (reply, rx) = oneshot::channel();
-    node.send(NodeCommand::CreateClient {
-        owner: None,
-        label: label.into(),
-        reply,
-    })
-    .await
-    .unwrap();
-    rx.await.unwrap().unwrap()
+    tunnox_runtime_tokio::node::create_client(node, label)
+        .await
+        .expect("the node creates the client")
 }
 
 /// Connects (retrying while the listener comes up), sends `data`, half-closes, reads to the end.
