@@ -18,7 +18,7 @@ use tunnox_core::tunnel::DialFailure;
 use tunnox_proto::wire::control_request::Body;
 
 use crate::clock::Clock;
-use crate::socket::{Socket, SocketEvent, SocketId};
+use crate::socket::{SocketEvent, SocketId, SocketTable};
 
 /// Capacity of the driver's event channels.
 const EVENTS: usize = 1024;
@@ -73,12 +73,10 @@ pub struct AgentDriver {
     agent: Agent,
     clock: Clock,
     servers: Vec<SocketAddr>,
-    sockets: BTreeMap<SocketId, (Socket, Kind)>,
-    next_id: SocketId,
+    sockets: SocketTable<Kind>,
     attempt_socket: BTreeMap<AttemptId, SocketId>,
     local_socket: BTreeMap<LocalId, SocketId>,
     listeners: BTreeMap<String, JoinHandle<()>>,
-    events_tx: mpsc::Sender<SocketEvent>,
     events: mpsc::Receiver<SocketEvent>,
     background_tx: mpsc::Sender<Background>,
     background: mpsc::Receiver<Background>,
@@ -113,12 +111,10 @@ impl AgentDriver {
             agent,
             clock,
             servers,
-            sockets: BTreeMap::new(),
-            next_id: 1,
+            sockets: SocketTable::new(events_tx),
             attempt_socket: BTreeMap::new(),
             local_socket: BTreeMap::new(),
             listeners: BTreeMap::new(),
-            events_tx,
             events,
             background_tx,
             background,
@@ -157,40 +153,29 @@ impl AgentDriver {
         for (_, handle) in std::mem::take(&mut self.listeners) {
             handle.abort();
         }
-        for (_, (socket, _)) in std::mem::take(&mut self.sockets) {
-            socket.abort();
-        }
-    }
-
-    fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {
-        let id = self.next_id;
-        self.next_id += 1;
-        let socket = Socket::spawn(id, stream, self.events_tx.clone());
-        self.sockets.insert(id, (socket, kind));
-        id
+        self.sockets.abort_all();
     }
 
     fn on_background(&mut self, done: Background) {
         let now = self.clock.now();
         match done {
             Background::Connected(attempt, stream) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                let socket = Socket::spawn_stream(id, stream, self.events_tx.clone());
-                self.sockets.insert(id, (socket, Kind::Session(attempt)));
+                let id = self.sockets.add_stream(stream, Kind::Session(attempt));
                 self.attempt_socket.insert(attempt, id);
                 self.agent.connected(now, attempt);
             }
             Background::ConnectFailed(attempt) => self.agent.connect_failed(now, attempt),
             Background::Visitor(mapping, stream, addr) => {
-                let id = self.next_id;
+                // The local id is the socket id it is about to get.
+                let id = self.sockets.next_id();
                 let kind = Kind::Local {
                     local: id,
                     pending: VecDeque::new(),
                     eof: false,
                     paused: false,
                 };
-                self.add_socket(stream, kind);
+                let added = self.sockets.add_tcp(stream, kind);
+                debug_assert_eq!(added, id);
                 self.local_socket.insert(id, id);
                 self.agent.visitor_accepted(now, &mapping, id, Some(addr));
             }
@@ -202,7 +187,7 @@ impl AgentDriver {
                         eof: false,
                         paused: false,
                     };
-                    let id = self.add_socket(stream, kind);
+                    let id = self.sockets.add_tcp(stream, kind);
                     self.local_socket.insert(local, id);
                     self.agent.dial_result(now, local, Ok(()));
                 }
@@ -214,7 +199,7 @@ impl AgentDriver {
     fn on_socket_event(&mut self, event: SocketEvent) {
         let now = self.clock.now();
         match event {
-            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(id).map(|(_, k)| k) {
                 Some(Kind::Session(attempt)) => {
                     let attempt = *attempt;
                     self.agent.connection_bytes(now, attempt, &bytes);
@@ -225,7 +210,7 @@ impl AgentDriver {
                 }
                 None => {}
             },
-            SocketEvent::Eof(id) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+            SocketEvent::Eof(id) => match self.sockets.get_mut(id).map(|(_, k)| k) {
                 Some(Kind::Session(attempt)) => {
                     let attempt = *attempt;
                     self.drop_socket(id, false);
@@ -237,7 +222,7 @@ impl AgentDriver {
                 }
                 None => {}
             },
-            SocketEvent::Failed(id) => match self.sockets.get(&id).map(|(_, k)| k) {
+            SocketEvent::Failed(id) => match self.sockets.get(id).map(|(_, k)| k) {
                 Some(Kind::Session(attempt)) => {
                     let attempt = *attempt;
                     self.drop_socket(id, true);
@@ -251,7 +236,7 @@ impl AgentDriver {
                 None => {}
             },
             SocketEvent::Written(id, n) => {
-                if let Some((_, Kind::Local { local, .. })) = self.sockets.get(&id) {
+                if let Some((_, Kind::Local { local, .. })) = self.sockets.get(id) {
                     let local = *local;
                     self.agent.local_flushed(now, local, n);
                 }
@@ -260,7 +245,7 @@ impl AgentDriver {
     }
 
     fn drop_socket(&mut self, id: SocketId, abort: bool) {
-        if let Some((socket, kind)) = self.sockets.remove(&id) {
+        if let Some((socket, kind)) = self.sockets.remove(id) {
             match kind {
                 Kind::Session(attempt) => {
                     self.attempt_socket.remove(&attempt);
@@ -288,7 +273,7 @@ impl AgentDriver {
                 eof,
                 paused,
             },
-        )) = self.sockets.get_mut(&id)
+        )) = self.sockets.get_mut(id)
         else {
             return;
         };
@@ -331,10 +316,10 @@ impl AgentDriver {
     }
 
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let stuck = self.sockets.get(&id).is_some_and(|(s, _)| !s.write(bytes));
+        let stuck = self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes));
         if stuck {
             let now = self.clock.now();
-            match self.sockets.get(&id).map(|(_, k)| k) {
+            match self.sockets.get(id).map(|(_, k)| k) {
                 Some(Kind::Session(attempt)) => {
                     let attempt = *attempt;
                     self.drop_socket(id, true);
@@ -420,7 +405,7 @@ impl AgentDriver {
                     if let Some((socket, _)) = self
                         .local_socket
                         .get(&local)
-                        .and_then(|id| self.sockets.get(id))
+                        .and_then(|id| self.sockets.get(*id))
                     {
                         socket.shutdown();
                     }

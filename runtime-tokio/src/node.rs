@@ -14,7 +14,7 @@ use tunnox_core::node::{AdminError, Node, NodeOutput};
 use tunnox_core::relay::LocalOutput;
 
 use crate::clock::Clock;
-use crate::socket::{Socket, SocketEvent, SocketId};
+use crate::socket::{SocketEvent, SocketId, SocketTable};
 use crate::storage::EmbeddedStore;
 
 /// Capacity of the driver's event channel (socket readers wait when it is full).
@@ -137,9 +137,7 @@ pub struct NodeDriver {
     node: Node,
     clock: Clock,
     store: Option<EmbeddedStore>,
-    sockets: BTreeMap<SocketId, (Socket, Kind)>,
-    next_id: SocketId,
-    events_tx: mpsc::Sender<SocketEvent>,
+    sockets: SocketTable<Kind>,
     events: mpsc::Receiver<SocketEvent>,
     visitors_tx: mpsc::Sender<VisitorAccept>,
     visitors: mpsc::Receiver<VisitorAccept>,
@@ -170,9 +168,7 @@ impl NodeDriver {
             node,
             clock,
             store,
-            sockets: BTreeMap::new(),
-            next_id: 1,
-            events_tx,
+            sockets: SocketTable::new(events_tx),
             events,
             visitors_tx,
             visitors,
@@ -221,7 +217,7 @@ impl NodeDriver {
                     if let Ok((stream, _)) = accepted {
                         match self.tls.clone() {
                             None => {
-                                let id = self.add_socket(stream, Kind::Client);
+                                let id = self.sockets.add_tcp(stream, Kind::Client);
                                 self.node.accept_connection(self.clock.now(), id);
                             }
                             // The handshake runs in its own task: the accept loop never waits on
@@ -240,15 +236,12 @@ impl NodeDriver {
                     }
                 }
                 Some(tls) = self.secured.recv() => {
-                    let id = self.next_id;
-                    self.next_id += 1;
-                    let socket = Socket::spawn_stream(id, tls, self.events_tx.clone());
-                    self.sockets.insert(id, (socket, Kind::Client));
+                    let id = self.sockets.add_stream(tls, Kind::Client);
                     self.node.accept_connection(self.clock.now(), id);
                 }
                 Some((port, stream, addr)) = self.visitors.recv() => {
                     let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };
-                    let id = self.add_socket(stream, kind);
+                    let id = self.sockets.add_tcp(stream, kind);
                     self.node.visitor_accepted(self.clock.now(), port, id, Some(addr));
                 }
                 () = sleep_until(deadline) => self.node.handle_timeout(self.clock.now()),
@@ -259,17 +252,7 @@ impl NodeDriver {
             handle.abort();
         }
         // Stopping closes every connection at once, so clients notice and reconnect.
-        for (_, (socket, _)) in std::mem::take(&mut self.sockets) {
-            socket.abort();
-        }
-    }
-
-    fn add_socket(&mut self, stream: TcpStream, kind: Kind) -> SocketId {
-        let id = self.next_id;
-        self.next_id += 1;
-        let socket = Socket::spawn(id, stream, self.events_tx.clone());
-        self.sockets.insert(id, (socket, kind));
-        id
+        self.sockets.abort_all();
     }
 
     fn on_command(&mut self, command: NodeCommand) {
@@ -295,7 +278,7 @@ impl NodeDriver {
     fn on_socket_event(&mut self, event: SocketEvent) {
         let now = self.clock.now();
         match event {
-            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+            SocketEvent::Data(id, bytes) => match self.sockets.get_mut(id).map(|(_, k)| k) {
                 Some(Kind::Client) => self.node.connection_bytes(now, id, &bytes),
                 Some(Kind::Visitor { pending, .. }) => {
                     pending.push_back(bytes);
@@ -303,7 +286,7 @@ impl NodeDriver {
                 }
                 None => {}
             },
-            SocketEvent::Eof(id) => match self.sockets.get_mut(&id).map(|(_, k)| k) {
+            SocketEvent::Eof(id) => match self.sockets.get_mut(id).map(|(_, k)| k) {
                 Some(Kind::Client) => self.drop_client(id),
                 Some(Kind::Visitor { eof, .. }) => {
                     *eof = true;
@@ -311,7 +294,7 @@ impl NodeDriver {
                 }
                 None => {}
             },
-            SocketEvent::Failed(id) => match self.sockets.remove(&id) {
+            SocketEvent::Failed(id) => match self.sockets.remove(id) {
                 Some((socket, Kind::Client)) => {
                     socket.abort();
                     self.node.connection_closed(now, id);
@@ -323,7 +306,7 @@ impl NodeDriver {
                 None => {}
             },
             SocketEvent::Written(id, n) => {
-                if matches!(self.sockets.get(&id), Some((_, Kind::Visitor { .. }))) {
+                if matches!(self.sockets.get(id), Some((_, Kind::Visitor { .. }))) {
                     self.node.visitor_flushed(now, id, n);
                 }
             }
@@ -331,7 +314,7 @@ impl NodeDriver {
     }
 
     fn drop_client(&mut self, id: SocketId) {
-        if let Some((socket, _)) = self.sockets.remove(&id) {
+        if let Some((socket, _)) = self.sockets.remove(id) {
             socket.close();
         }
         self.node.connection_closed(self.clock.now(), id);
@@ -348,7 +331,7 @@ impl NodeDriver {
                 eof,
                 paused,
             },
-        )) = self.sockets.get_mut(&id)
+        )) = self.sockets.get_mut(id)
         else {
             return;
         };
@@ -390,11 +373,11 @@ impl NodeDriver {
     }
 
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let stuck = self.sockets.get(&id).is_some_and(|(s, _)| !s.write(bytes));
+        let stuck = self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes));
         if stuck {
             // A peer that does not read: drop it rather than buffer without bound.
             let now = self.clock.now();
-            match self.sockets.remove(&id) {
+            match self.sockets.remove(id) {
                 Some((socket, Kind::Client)) => {
                     socket.abort();
                     self.node.connection_closed(now, id);
@@ -446,12 +429,12 @@ impl NodeDriver {
             NodeOutput::Visitor(out) => match out {
                 LocalOutput::Write { local, bytes } => self.write(local, bytes),
                 LocalOutput::Finish { local } => {
-                    if let Some((socket, _)) = self.sockets.get(&local) {
+                    if let Some((socket, _)) = self.sockets.get(local) {
                         socket.shutdown();
                     }
                 }
                 LocalOutput::Close { local, reset } => {
-                    if let Some((socket, _)) = self.sockets.remove(&local) {
+                    if let Some((socket, _)) = self.sockets.remove(local) {
                         if reset {
                             socket.abort()
                         } else {

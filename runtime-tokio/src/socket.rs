@@ -2,6 +2,8 @@
 //! paused, so a full stream stops the socket instead of growing a buffer) and a writer that
 //! writes what the driver queues (several queued chunks per vectored write) and reports it.
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,6 +59,70 @@ async fn write_batch<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// A driver's sockets by id, each with what the driver keeps about it (`K`).
+#[derive(Debug)]
+pub struct SocketTable<K> {
+    sockets: BTreeMap<SocketId, (Socket, K)>,
+    next_id: SocketId,
+    events: mpsc::Sender<SocketEvent>,
+}
+
+impl<K> SocketTable<K> {
+    /// An empty table whose sockets report to `events`.
+    pub fn new(events: mpsc::Sender<SocketEvent>) -> Self {
+        SocketTable {
+            sockets: BTreeMap::new(),
+            next_id: 1,
+            events,
+        }
+    }
+
+    /// The id the next added socket will get.
+    pub fn next_id(&self) -> SocketId {
+        self.next_id
+    }
+
+    /// Serves a TCP stream (Nagle off); returns its id.
+    pub fn add_tcp(&mut self, stream: TcpStream, kind: K) -> SocketId {
+        let _ = stream.set_nodelay(true);
+        self.add_stream(stream, kind)
+    }
+
+    /// Serves any byte stream (a TLS session, say); returns its id.
+    pub fn add_stream<S>(&mut self, stream: S, kind: K) -> SocketId
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let id = self.next_id;
+        self.next_id += 1;
+        let socket = Socket::spawn_stream(id, stream, self.events.clone());
+        self.sockets.insert(id, (socket, kind));
+        id
+    }
+
+    /// The socket `id` and its notes.
+    pub fn get(&self, id: SocketId) -> Option<&(Socket, K)> {
+        self.sockets.get(&id)
+    }
+
+    /// The socket `id` and its notes, to change.
+    pub fn get_mut(&mut self, id: SocketId) -> Option<&mut (Socket, K)> {
+        self.sockets.get_mut(&id)
+    }
+
+    /// Takes socket `id` out of the table (the caller closes or aborts it).
+    pub fn remove(&mut self, id: SocketId) -> Option<(Socket, K)> {
+        self.sockets.remove(&id)
+    }
+
+    /// Aborts every socket at once (the driver is stopping).
+    pub fn abort_all(&mut self) {
+        for (_, (socket, _)) in std::mem::take(&mut self.sockets) {
+            socket.abort();
+        }
+    }
+}
+
 /// What a socket's tasks report to the driver.
 #[derive(Debug)]
 pub enum SocketEvent {
@@ -86,14 +152,8 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// Starts serving a TCP `stream` (Nagle off) as socket `id`, reporting to `events`.
-    pub fn spawn(id: SocketId, stream: TcpStream, events: mpsc::Sender<SocketEvent>) -> Socket {
-        let _ = stream.set_nodelay(true);
-        Socket::spawn_stream(id, stream, events)
-    }
-
     /// Starts serving any byte stream (a TLS session, say) as socket `id`.
-    pub fn spawn_stream<S>(id: SocketId, stream: S, events: mpsc::Sender<SocketEvent>) -> Socket
+    fn spawn_stream<S>(id: SocketId, stream: S, events: mpsc::Sender<SocketEvent>) -> Socket
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
