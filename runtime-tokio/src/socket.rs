@@ -36,12 +36,14 @@ async fn write_batch<W: AsyncWrite + Unpin>(
         if first == batch.len() {
             break;
         }
-        let slices: Vec<std::io::IoSlice<'_>> = batch[first..]
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|b| std::io::IoSlice::new(b))
-            .collect();
-        let mut written = write.write_vectored(&slices).await?;
+        // On the stack: no allocation per write on the data path.
+        let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(&batch[first..]) {
+            *slot = std::io::IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = write.write_vectored(&slices[..count]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
