@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -18,7 +18,7 @@ use tunnox_core::tunnel::DialFailure;
 use tunnox_proto::wire::control_request::Body;
 
 use crate::clock::Clock;
-use crate::socket::{SocketEvent, SocketId, SocketTable};
+use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable};
 
 /// Capacity of the driver's event channels.
 const EVENTS: usize = 1024;
@@ -83,6 +83,8 @@ pub struct AgentDriver {
     notices: mpsc::Sender<AgentOutput>,
     /// TLS to the node (None = plain TCP, for tests and loopback only).
     tls: Option<ClientTls>,
+    /// Frames gathered for the session socket during a flush.
+    outbox: Outbox,
 }
 
 impl std::fmt::Debug for Background {
@@ -120,6 +122,7 @@ impl AgentDriver {
             background,
             notices,
             tls: None,
+            outbox: Outbox::default(),
         }
     }
 
@@ -160,7 +163,9 @@ impl AgentDriver {
         let now = self.clock.now();
         match done {
             Background::Connected(attempt, stream) => {
-                let id = self.sockets.add_stream(stream, Kind::Session(attempt));
+                let id = self
+                    .sockets
+                    .add_stream(stream, Framing::Frames, Kind::Session(attempt));
                 self.attempt_socket.insert(attempt, id);
                 self.agent.connected(now, attempt);
             }
@@ -174,7 +179,7 @@ impl AgentDriver {
                     eof: false,
                     paused: false,
                 };
-                let added = self.sockets.add_tcp(stream, kind);
+                let added = self.sockets.add_tcp(stream, Framing::Raw, kind);
                 debug_assert_eq!(added, id);
                 self.local_socket.insert(id, id);
                 self.agent.visitor_accepted(now, &mapping, id, Some(addr));
@@ -187,7 +192,7 @@ impl AgentDriver {
                         eof: false,
                         paused: false,
                     };
-                    let id = self.sockets.add_tcp(stream, kind);
+                    let id = self.sockets.add_tcp(stream, Framing::Raw, kind);
                     self.local_socket.insert(local, id);
                     self.agent.dial_result(now, local, Ok(()));
                 }
@@ -202,10 +207,10 @@ impl AgentDriver {
             SocketEvent::Data(id, bytes) => match self.sockets.get_mut(id).map(|(_, k)| k) {
                 Some(Kind::Session(attempt)) => {
                     let attempt = *attempt;
-                    self.agent.connection_bytes(now, attempt, &bytes);
+                    self.agent.connection_bytes(now, attempt, bytes);
                 }
                 Some(Kind::Local { pending, .. }) => {
-                    pending.push_back(bytes);
+                    pending.push_back(bytes.freeze());
                     self.feed(id);
                 }
                 None => {}
@@ -298,16 +303,23 @@ impl AgentDriver {
         }
     }
 
+    /// Writes everything the agent has to send (frames for the session socket as one batch)
+    /// and carries out its outputs.
     fn flush(&mut self) {
+        let mut batch_for = None;
         loop {
             if let Some((attempt, t)) = self.agent.poll_transmit() {
-                if let Some(id) = self.attempt_socket.get(&attempt).copied() {
-                    let mut buf = BytesMut::with_capacity(t.len());
-                    t.write_to(&mut buf);
-                    self.write(id, buf.freeze());
+                let id = self.attempt_socket.get(&attempt).copied();
+                if batch_for != id {
+                    self.send_outbox(batch_for);
+                    batch_for = id;
+                }
+                if id.is_some() {
+                    self.outbox.push(t);
                 }
                 continue;
             }
+            self.send_outbox(batch_for.take());
             let Some(output) = self.agent.poll_output() else {
                 return;
             };
@@ -315,23 +327,43 @@ impl AgentDriver {
         }
     }
 
+    /// Queues the gathered frames on socket `id`.
+    fn send_outbox(&mut self, id: Option<SocketId>) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let chunks = self.outbox.take();
+        if let Some(id) = id
+            && self
+                .sockets
+                .get(id)
+                .is_some_and(|(s, _)| !s.write_chunks(chunks))
+        {
+            self.on_stuck(id);
+        }
+    }
+
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let stuck = self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes));
-        if stuck {
-            let now = self.clock.now();
-            match self.sockets.get(id).map(|(_, k)| k) {
-                Some(Kind::Session(attempt)) => {
-                    let attempt = *attempt;
-                    self.drop_socket(id, true);
-                    self.agent.connection_closed(now, attempt);
-                }
-                Some(Kind::Local { local, .. }) => {
-                    let local = *local;
-                    self.drop_socket(id, true);
-                    self.agent.local_reset(now, local);
-                }
-                None => {}
+        if self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes)) {
+            self.on_stuck(id);
+        }
+    }
+
+    /// A peer that does not read: drop it rather than buffer without bound.
+    fn on_stuck(&mut self, id: SocketId) {
+        let now = self.clock.now();
+        match self.sockets.get(id).map(|(_, k)| k) {
+            Some(Kind::Session(attempt)) => {
+                let attempt = *attempt;
+                self.drop_socket(id, true);
+                self.agent.connection_closed(now, attempt);
             }
+            Some(Kind::Local { local, .. }) => {
+                let local = *local;
+                self.drop_socket(id, true);
+                self.agent.local_reset(now, local);
+            }
+            None => {}
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -14,7 +14,7 @@ use tunnox_core::node::{AdminError, Node, NodeOutput};
 use tunnox_core::relay::LocalOutput;
 
 use crate::clock::Clock;
-use crate::socket::{SocketEvent, SocketId, SocketTable};
+use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable};
 use crate::storage::EmbeddedStore;
 
 /// Capacity of the driver's event channel (socket readers wait when it is full).
@@ -148,6 +148,8 @@ pub struct NodeDriver {
     tls: Option<ServerTls>,
     secured_tx: mpsc::Sender<tokio_rustls::server::TlsStream<TcpStream>>,
     secured: mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>>,
+    /// Frames gathered for one connection during a flush.
+    outbox: Outbox,
 }
 
 impl NodeDriver {
@@ -174,6 +176,7 @@ impl NodeDriver {
             visitors,
             node_ports: BTreeMap::new(),
             default_bind: default_bind.to_owned(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -217,7 +220,7 @@ impl NodeDriver {
                     if let Ok((stream, _)) = accepted {
                         match self.tls.clone() {
                             None => {
-                                let id = self.sockets.add_tcp(stream, Kind::Client);
+                                let id = self.sockets.add_tcp(stream, Framing::Frames, Kind::Client);
                                 self.node.accept_connection(self.clock.now(), id);
                             }
                             // The handshake runs in its own task: the accept loop never waits on
@@ -236,12 +239,12 @@ impl NodeDriver {
                     }
                 }
                 Some(tls) = self.secured.recv() => {
-                    let id = self.sockets.add_stream(tls, Kind::Client);
+                    let id = self.sockets.add_stream(tls, Framing::Frames, Kind::Client);
                     self.node.accept_connection(self.clock.now(), id);
                 }
                 Some((port, stream, addr)) = self.visitors.recv() => {
                     let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };
-                    let id = self.sockets.add_tcp(stream, kind);
+                    let id = self.sockets.add_tcp(stream, Framing::Raw, kind);
                     self.node.visitor_accepted(self.clock.now(), port, id, Some(addr));
                 }
                 () = sleep_until(deadline) => self.node.handle_timeout(self.clock.now()),
@@ -279,9 +282,9 @@ impl NodeDriver {
         let now = self.clock.now();
         match event {
             SocketEvent::Data(id, bytes) => match self.sockets.get_mut(id).map(|(_, k)| k) {
-                Some(Kind::Client) => self.node.connection_bytes(now, id, &bytes),
+                Some(Kind::Client) => self.node.connection_bytes(now, id, bytes),
                 Some(Kind::Visitor { pending, .. }) => {
-                    pending.push_back(bytes);
+                    pending.push_back(bytes.freeze());
                     self.feed_visitor(id);
                 }
                 None => {}
@@ -356,15 +359,20 @@ impl NodeDriver {
         }
     }
 
-    /// Writes everything the node has to send and carries out its outputs.
+    /// Writes everything the node has to send and carries out its outputs. Consecutive frames
+    /// for one connection go to its socket as one batch.
     fn flush(&mut self) {
+        let mut batch_for = None;
         loop {
             if let Some((conn, t)) = self.node.poll_transmit() {
-                let mut buf = BytesMut::with_capacity(t.len());
-                t.write_to(&mut buf);
-                self.write(conn, buf.freeze());
+                if batch_for != Some(conn) {
+                    self.send_outbox(batch_for);
+                    batch_for = Some(conn);
+                }
+                self.outbox.push(t);
                 continue;
             }
+            self.send_outbox(batch_for.take());
             let Some(output) = self.node.poll_output() else {
                 return;
             };
@@ -372,22 +380,41 @@ impl NodeDriver {
         }
     }
 
+    /// Queues the gathered frames on connection `conn`.
+    fn send_outbox(&mut self, conn: Option<SocketId>) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let chunks = self.outbox.take();
+        if let Some(conn) = conn
+            && self
+                .sockets
+                .get(conn)
+                .is_some_and(|(s, _)| !s.write_chunks(chunks))
+        {
+            self.on_stuck(conn);
+        }
+    }
+
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let stuck = self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes));
-        if stuck {
-            // A peer that does not read: drop it rather than buffer without bound.
-            let now = self.clock.now();
-            match self.sockets.remove(id) {
-                Some((socket, Kind::Client)) => {
-                    socket.abort();
-                    self.node.connection_closed(now, id);
-                }
-                Some((socket, Kind::Visitor { .. })) => {
-                    socket.abort();
-                    self.node.visitor_reset(now, id);
-                }
-                None => {}
+        if self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes)) {
+            self.on_stuck(id);
+        }
+    }
+
+    /// A peer that does not read: drop it rather than buffer without bound.
+    fn on_stuck(&mut self, id: SocketId) {
+        let now = self.clock.now();
+        match self.sockets.remove(id) {
+            Some((socket, Kind::Client)) => {
+                socket.abort();
+                self.node.connection_closed(now, id);
             }
+            Some((socket, Kind::Visitor { .. })) => {
+                socket.abort();
+                self.node.visitor_reset(now, id);
+            }
+            None => {}
         }
     }
 
@@ -395,10 +422,9 @@ impl NodeDriver {
         match output {
             NodeOutput::CloseConnection { conn } => {
                 while let Some(t) = self.node.poll_transmit_for(conn) {
-                    let mut buf = BytesMut::with_capacity(t.len());
-                    t.write_to(&mut buf);
-                    self.write(conn, buf.freeze());
+                    self.outbox.push(t);
                 }
+                self.send_outbox(Some(conn));
                 self.drop_client(conn);
             }
             NodeOutput::ListenNodePort { port, bind } => {

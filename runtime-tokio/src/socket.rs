@@ -4,11 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tunnox_core::wire::Transmit;
 
 /// Identifies a socket within one driver.
 pub type SocketId = u64;
@@ -21,6 +22,44 @@ const READ_CHUNK: usize = 64 * 1024;
 const WRITE_BATCH: usize = 256 * 1024;
 /// Most chunks in one vectored write (below the usual IOV_MAX of 1024).
 const MAX_IOVECS: usize = 64;
+
+/// Payloads at least this long are written from where they are, not copied into the batch.
+const SHARE_PAYLOAD_FROM: usize = 1024;
+
+/// Frames gathered for one socket during a flush: headers and small frames are coalesced into
+/// one buffer, large DATA payloads are passed on as they are (no copy), and the whole batch goes
+/// to the socket's writer as one queued write.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    chunks: Vec<Bytes>,
+    small: BytesMut,
+}
+
+impl Outbox {
+    /// Appends one encoded frame.
+    pub fn push(&mut self, transmit: Transmit) {
+        self.small.put_slice(&transmit.header);
+        if transmit.payload.len() < SHARE_PAYLOAD_FROM {
+            self.small.put_slice(&transmit.payload);
+        } else {
+            self.chunks.push(self.small.split().freeze());
+            self.chunks.push(transmit.payload);
+        }
+    }
+
+    /// Whether nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.small.is_empty()
+    }
+
+    /// Everything gathered, in order; leaves the outbox empty.
+    pub fn take(&mut self) -> Vec<Bytes> {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
+        std::mem::take(&mut self.chunks)
+    }
+}
 
 /// Writes every chunk in `batch` with vectored writes, then empties it.
 async fn write_batch<W: AsyncWrite + Unpin>(
@@ -85,19 +124,19 @@ impl<K> SocketTable<K> {
     }
 
     /// Serves a TCP stream (Nagle off); returns its id.
-    pub fn add_tcp(&mut self, stream: TcpStream, kind: K) -> SocketId {
+    pub fn add_tcp(&mut self, stream: TcpStream, framing: Framing, kind: K) -> SocketId {
         let _ = stream.set_nodelay(true);
-        self.add_stream(stream, kind)
+        self.add_stream(stream, framing, kind)
     }
 
     /// Serves any byte stream (a TLS session, say); returns its id.
-    pub fn add_stream<S>(&mut self, stream: S, kind: K) -> SocketId
+    pub fn add_stream<S>(&mut self, stream: S, framing: Framing, kind: K) -> SocketId
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let id = self.next_id;
         self.next_id += 1;
-        let socket = Socket::spawn_stream(id, stream, self.events.clone());
+        let socket = Socket::spawn_stream(id, stream, framing, self.events.clone());
         self.sockets.insert(id, (socket, kind));
         id
     }
@@ -125,11 +164,21 @@ impl<K> SocketTable<K> {
     }
 }
 
+/// How a socket's reader cuts what it reads into `Data` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// As read (a visitor or a target: opaque bytes).
+    Raw,
+    /// At frame boundaries (a session): the reader holds back a partial frame until it is
+    /// whole, so the session's decoder takes every read buffer without copying it.
+    Frames,
+}
+
 /// What a socket's tasks report to the driver.
 #[derive(Debug)]
 pub enum SocketEvent {
-    /// Bytes read.
-    Data(SocketId, Bytes),
+    /// Bytes read (for a framed socket: whole frames, see [`Framing`]).
+    Data(SocketId, BytesMut),
     /// The peer shut down its write side.
     Eof(SocketId),
     /// Reading or writing failed; the socket is gone.
@@ -141,6 +190,7 @@ pub enum SocketEvent {
 #[derive(Debug)]
 enum WriteCmd {
     Data(Bytes),
+    Chunks(Vec<Bytes>),
     Shutdown,
 }
 
@@ -155,7 +205,12 @@ pub struct Socket {
 
 impl Socket {
     /// Starts serving any byte stream (a TLS session, say) as socket `id`.
-    fn spawn_stream<S>(id: SocketId, stream: S, events: mpsc::Sender<SocketEvent>) -> Socket
+    fn spawn_stream<S>(
+        id: SocketId,
+        stream: S,
+        framing: Framing,
+        events: mpsc::Sender<SocketEvent>,
+    ) -> Socket
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -173,15 +228,26 @@ impl Socket {
                     }
                 }
                 buf.reserve(READ_CHUNK);
-                let event = match read.read_buf(&mut buf).await {
-                    Ok(0) => SocketEvent::Eof(id),
-                    Ok(_) => SocketEvent::Data(id, buf.split().freeze()),
-                    Err(_) => SocketEvent::Failed(id),
+                let read = read.read_buf(&mut buf).await;
+                let ready = match (&read, framing) {
+                    (Ok(0) | Err(_), _) | (_, Framing::Raw) => buf.len(),
+                    (Ok(_), Framing::Frames) => tunnox_core::wire::whole_frames_len(&buf),
                 };
-                let end = !matches!(event, SocketEvent::Data(..));
-                if read_events.send(event).await.is_err() || end {
+                if ready > 0
+                    && read_events
+                        .send(SocketEvent::Data(id, buf.split_to(ready)))
+                        .await
+                        .is_err()
+                {
                     return;
                 }
+                let end = match read {
+                    Ok(0) => SocketEvent::Eof(id),
+                    Ok(_) => continue,
+                    Err(_) => SocketEvent::Failed(id),
+                };
+                let _ = read_events.send(end).await;
+                return;
             }
         });
         let (writes, mut queue) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
@@ -198,6 +264,10 @@ impl Socket {
                         WriteCmd::Data(bytes) => {
                             batched += bytes.len();
                             batch.push(bytes);
+                        }
+                        WriteCmd::Chunks(chunks) => {
+                            batched += chunks.iter().map(Bytes::len).sum::<usize>();
+                            batch.extend(chunks);
                         }
                         WriteCmd::Shutdown => {
                             shutdown = true;
@@ -239,6 +309,12 @@ impl Socket {
     /// Queues bytes to write. Returns false if the socket is stuck or gone (the caller closes it).
     pub fn write(&self, bytes: Bytes) -> bool {
         self.writes.try_send(WriteCmd::Data(bytes)).is_ok()
+    }
+
+    /// Queues several chunks to write in order, as one write. Returns false if the socket is
+    /// stuck or gone (the caller closes it).
+    pub fn write_chunks(&self, chunks: Vec<Bytes>) -> bool {
+        self.writes.try_send(WriteCmd::Chunks(chunks)).is_ok()
     }
 
     /// Shuts down the write side after the queued bytes.
@@ -325,6 +401,38 @@ mod tests {
             assert_eq!(sink.out, expected, "step {step}");
             assert!(batch.is_empty());
         }
+    }
+
+    #[test]
+    fn an_outbox_keeps_frame_order_and_shares_large_payloads() {
+        use tunnox_core::wire::Frame;
+        let large = Bytes::from(vec![9u8; 4 * SHARE_PAYLOAD_FROM]);
+        let frames = [
+            Frame::Ping { nonce: 1 },
+            Frame::Data {
+                stream: 1,
+                payload: Bytes::from_static(b"small"),
+            },
+            Frame::Data {
+                stream: 1,
+                payload: large.clone(),
+            },
+            Frame::Fin { stream: 1 },
+        ];
+        let mut outbox = Outbox::default();
+        let mut expected = BytesMut::new();
+        for frame in &frames {
+            frame.encode().write_to(&mut expected);
+            outbox.push(frame.encode());
+        }
+        let chunks = outbox.take();
+        assert!(outbox.is_empty());
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, expected.to_vec());
+        // Ping, small DATA and the large DATA's header coalesced; the large payload as it was;
+        // the FIN after it.
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[1].as_ptr(), large.as_ptr());
     }
 
     #[tokio::test]

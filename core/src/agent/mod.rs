@@ -25,7 +25,7 @@ use crate::time::{Duration, Instant};
 use crate::tunnel::{
     DialFailure, OpenError, decode_open, decode_result, encode_open, encode_result,
 };
-use crate::wire::{StreamId, Transmit};
+use crate::wire::{Received, StreamId, Transmit};
 
 /// Local ids from here up are target connections the agent dials; below are visitors.
 pub const DIAL_ID_BASE: LocalId = 1 << 62;
@@ -289,7 +289,12 @@ impl Agent {
     }
 
     /// Bytes from the node.
-    pub fn connection_bytes(&mut self, now: Instant, attempt: AttemptId, bytes: &[u8]) {
+    pub fn connection_bytes<'a>(
+        &mut self,
+        now: Instant,
+        attempt: AttemptId,
+        bytes: impl Into<Received<'a>>,
+    ) {
         if let Phase::Session {
             attempt: a,
             session,

@@ -31,7 +31,7 @@ use crate::tunnel::{
     Endpoint, OpenContext, OpenError, OpenRequest, TunnelAction, TunnelConfig, TunnelOutcome,
     TunnelTable, decode_open, decode_result, encode_result,
 };
-use crate::wire::{GoAwayReason, ResetReason, StreamId, Transmit};
+use crate::wire::{GoAwayReason, Received, ResetReason, StreamId, Transmit};
 
 /// Identifies a client connection, chosen by the runtime (unique, never reused).
 pub type ConnId = u64;
@@ -295,7 +295,13 @@ impl Node {
     }
 
     /// Bytes arrived on a client connection.
-    pub fn connection_bytes(&mut self, now: Instant, conn: ConnId, bytes: &[u8]) {
+    pub fn connection_bytes<'a>(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        bytes: impl Into<Received<'a>>,
+    ) {
+        let bytes = bytes.into();
         self.activity.0 += bytes.len() as u64;
         if let Some(slot) = self.slots.get_mut(&conn) {
             slot.session.handle_bytes(now, bytes);

@@ -9,7 +9,7 @@ use tunnox_proto::wire as pb;
 use crate::mux::{Mux, MuxConfig, MuxEvent, PeerSettings, Role};
 use crate::rng::Rng;
 use crate::time::{Duration, Instant};
-use crate::wire::{Frame, GoAwayReason, Transmit};
+use crate::wire::{Frame, GoAwayReason, Received, Transmit};
 
 use super::auth::{NONCE_LEN, Transcript};
 use super::link::{Conn, Heartbeat, Unhandled};
@@ -185,26 +185,13 @@ impl ClientSession {
     }
 
     /// Feeds bytes received from the node.
-    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+    pub fn handle_bytes<'a>(&mut self, now: Instant, bytes: impl Into<Received<'a>>) {
         if self.state == State::Closed {
             return;
         }
         self.conn.decoder.push(bytes);
         self.conn.note_bytes_received(now);
         self.process_input(now);
-    }
-
-    /// The decoder's buffer, to read socket bytes into directly; call `handle_buffered` after.
-    pub fn read_buffer(&mut self) -> &mut bytes::BytesMut {
-        self.conn.decoder.buffer_mut()
-    }
-
-    /// Processes bytes read into `read_buffer`.
-    pub fn handle_buffered(&mut self, now: Instant) {
-        if self.state != State::Closed {
-            self.conn.note_bytes_received(now);
-            self.process_input(now);
-        }
     }
 
     /// Fires due timers: handshake timeout, heartbeats, dead-peer detection.

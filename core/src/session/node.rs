@@ -9,7 +9,7 @@ use tunnox_proto::wire::{self as pb, RefuseReason};
 use crate::mux::{Mux, MuxConfig, MuxEvent, PeerSettings, Role};
 use crate::rng::Rng;
 use crate::time::{Duration, Instant};
-use crate::wire::{Frame, GoAwayReason, Transmit};
+use crate::wire::{Frame, GoAwayReason, Received, Transmit};
 
 use super::auth::{NONCE_LEN, Transcript};
 use super::link::{Conn, Heartbeat, Unhandled};
@@ -183,22 +183,9 @@ impl NodeSession {
     }
 
     /// Feeds bytes received from the client.
-    pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) {
+    pub fn handle_bytes<'a>(&mut self, now: Instant, bytes: impl Into<Received<'a>>) {
         if !self.is_closed() {
             self.conn.decoder.push(bytes);
-            self.conn.note_bytes_received(now);
-            self.process_input(now);
-        }
-    }
-
-    /// The decoder's buffer, to read socket bytes into directly; call `handle_buffered` after.
-    pub fn read_buffer(&mut self) -> &mut bytes::BytesMut {
-        self.conn.decoder.buffer_mut()
-    }
-
-    /// Processes bytes read into `read_buffer`.
-    pub fn handle_buffered(&mut self, now: Instant) {
-        if !self.is_closed() {
             self.conn.note_bytes_received(now);
             self.process_input(now);
         }

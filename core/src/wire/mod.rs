@@ -27,7 +27,7 @@ mod frame;
 mod header;
 
 pub use codes::{GoAwayReason, ResetReason};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, HOLD_PARTIAL_FRAME_MAX, Received, whole_frames_len};
 pub use error::WireError;
 pub use frame::{Frame, Transmit};
 pub use header::{FrameType, HEADER_LEN, Header, flags};

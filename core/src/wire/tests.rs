@@ -316,3 +316,113 @@ fn data_payload_shares_the_read_buffer() {
     };
     assert_eq!(payload.as_ptr() as usize, buffer_start + HEADER_LEN);
 }
+
+#[test]
+fn owned_whole_frames_are_decoded_without_a_copy() {
+    let mut d = Decoder::default();
+    let bytes = encode_all(&[
+        Frame::Ping { nonce: 9 },
+        Frame::Data {
+            stream: 3,
+            payload: Bytes::from(vec![5u8; 8192]),
+        },
+    ]);
+    let start = bytes.as_ptr() as usize;
+    d.push(bytes);
+    assert_eq!(d.decode().unwrap(), Some(Frame::Ping { nonce: 9 }));
+    let Some(Frame::Data { payload, .. }) = d.decode().unwrap() else {
+        panic!("expected data");
+    };
+    // The payload is the caller's buffer itself, after the PING frame and the DATA header.
+    assert_eq!(payload.as_ptr() as usize, start + 2 * HEADER_LEN);
+    assert_eq!(d.buffered_len(), 0);
+}
+
+#[test]
+fn owned_bytes_after_a_partial_frame_are_joined_in_order() {
+    let frames = [
+        Frame::Data {
+            stream: 1,
+            payload: Bytes::from(vec![1u8; 1000]),
+        },
+        Frame::Data {
+            stream: 2,
+            payload: Bytes::from(vec![2u8; 1000]),
+        },
+    ];
+    let mut all = encode_all(&frames);
+    for cut in [1, HEADER_LEN, 500, 1011, 1012, 1500] {
+        let mut d = Decoder::default();
+        let mut first = all.clone();
+        let second = first.split_off(cut);
+        d.push(first);
+        d.push(second);
+        assert_eq!(decode_all(&mut d).unwrap(), frames, "cut at {cut}");
+    }
+    // Contiguous pieces of one buffer are joined without a copy.
+    let mut d = Decoder::default();
+    let tail = all.split_off(700);
+    d.push(all);
+    d.push(tail);
+    assert_eq!(decode_all(&mut d).unwrap(), frames);
+}
+
+#[test]
+fn whole_frames_len_stops_at_the_first_partial_frame() {
+    let frames = [
+        Frame::Ping { nonce: 1 },
+        Frame::Data {
+            stream: 1,
+            payload: Bytes::from(vec![1u8; 100]),
+        },
+        Frame::Fin { stream: 1 },
+    ];
+    let bytes = encode_all(&frames);
+    let ends = [HEADER_LEN, 2 * HEADER_LEN + 100, 3 * HEADER_LEN + 100];
+    for len in 0..=bytes.len() {
+        let expected = ends.iter().copied().filter(|&e| e <= len).max().unwrap_or(0);
+        assert_eq!(whole_frames_len(&bytes[..len]), expected, "prefix of {len}");
+    }
+}
+
+#[test]
+fn whole_frames_len_hands_over_bad_headers_and_huge_partial_frames() {
+    // A bad version: everything, so the decoder sees it and reports it.
+    let mut bad = encode_all(&[Frame::Ping { nonce: 1 }]).to_vec();
+    bad[0] = 0xee;
+    assert_eq!(whole_frames_len(&bad), bad.len());
+    // A frame claiming 16 MiB: held back only until HOLD_PARTIAL_FRAME_MAX bytes are buffered.
+    let mut huge = vec![PROTOCOL_VERSION, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0];
+    huge.resize(HOLD_PARTIAL_FRAME_MAX - 1, 0);
+    assert_eq!(whole_frames_len(&huge), 0);
+    huge.push(0);
+    assert_eq!(whole_frames_len(&huge), huge.len());
+}
+
+proptest! {
+    /// A driver that reads arbitrary chunks and hands over only whole frames (as the tokio
+    /// reader does) decodes exactly the frames sent, with nothing left over.
+    #[test]
+    fn handing_over_whole_frames_decodes_everything(
+        frames in proptest::collection::vec(arb_frame(), 1..20),
+        chunk_sizes in proptest::collection::vec(1usize..400, 1..50),
+    ) {
+        let wire = encode_all(&frames);
+        let mut read = BytesMut::new();
+        let mut d = Decoder::default();
+        let mut decoded = Vec::new();
+        let mut at = 0;
+        let mut sizes = chunk_sizes.iter().cycle();
+        while at < wire.len() {
+            let n = (*sizes.next().unwrap()).min(wire.len() - at);
+            read.extend_from_slice(&wire[at..at + n]);
+            at += n;
+            let ready = whole_frames_len(&read);
+            d.push(read.split_to(ready));
+            decoded.extend(decode_all(&mut d).unwrap());
+            prop_assert_eq!(d.buffered_len(), 0);
+        }
+        prop_assert!(read.is_empty());
+        prop_assert_eq!(decoded, frames);
+    }
+}
