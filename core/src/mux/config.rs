@@ -33,7 +33,7 @@ impl Default for MuxConfig {
             stream_window_max_bytes: 16 * 1024 * 1024,
             session_window_bytes: 16 * 1024 * 1024,
             max_frame_payload_bytes: 64 * 1024,
-            max_streams: 4096,
+            max_streams: 65_536,
             max_pending_opens: 256,
             max_pending_accepts: 256,
             send_buffer_bytes: 1024 * 1024,

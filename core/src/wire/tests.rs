@@ -380,7 +380,12 @@ fn whole_frames_len_stops_at_the_first_partial_frame() {
     let bytes = encode_all(&frames);
     let ends = [HEADER_LEN, 2 * HEADER_LEN + 100, 3 * HEADER_LEN + 100];
     for len in 0..=bytes.len() {
-        let expected = ends.iter().copied().filter(|&e| e <= len).max().unwrap_or(0);
+        let expected = ends
+            .iter()
+            .copied()
+            .filter(|&e| e <= len)
+            .max()
+            .unwrap_or(0);
         assert_eq!(whole_frames_len(&bytes[..len]), expected, "prefix of {len}");
     }
 }
