@@ -2,6 +2,8 @@
 //! service to tunnel to, a 64-byte ping-pong, new-connection latency, and a holder of many idle
 //! tunnelled connections. Latencies are printed as `p50_us p99_us` on one line.
 
+#![allow(clippy::print_stdout)] // a command-line probe: stdout is its output
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
