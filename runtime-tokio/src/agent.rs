@@ -18,7 +18,7 @@ use tunnox_core::tunnel::DialFailure;
 use tunnox_proto::wire::control_request::Body;
 
 use crate::clock::Clock;
-use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable};
+use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 
 /// Capacity of the driver's event channels.
 const EVENTS: usize = 1024;
@@ -241,11 +241,19 @@ impl AgentDriver {
                 None => {}
             },
             SocketEvent::Written(id, n) => {
-                if let Some((_, Kind::Local { local, .. })) = self.sockets.get(id) {
-                    let local = *local;
-                    self.agent.local_flushed(now, local, n);
+                if let Some((socket, _)) = self.sockets.get_mut(id) {
+                    socket.reported_written(n);
                 }
+                self.flushed(id, n);
             }
+        }
+    }
+
+    /// `n` bytes written to socket `id` (by its writer task or directly).
+    fn flushed(&mut self, id: SocketId, n: usize) {
+        if let Some((_, Kind::Local { local, .. })) = self.sockets.get(id) {
+            let local = *local;
+            self.agent.local_flushed(self.clock.now(), local, n);
         }
     }
 
@@ -333,19 +341,25 @@ impl AgentDriver {
             return;
         }
         let chunks = self.outbox.take();
-        if let Some(id) = id
-            && self
+        if let Some(id) = id {
+            let written = self
                 .sockets
-                .get(id)
-                .is_some_and(|(s, _)| !s.write_chunks(chunks))
-        {
-            self.on_stuck(id);
+                .get_mut(id)
+                .map(|(s, _)| s.write_chunks(chunks));
+            self.after_write(id, written);
         }
     }
 
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        if self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes)) {
-            self.on_stuck(id);
+        let written = self.sockets.get_mut(id).map(|(s, _)| s.write(bytes));
+        self.after_write(id, written);
+    }
+
+    fn after_write(&mut self, id: SocketId, written: Option<Result<usize, Stuck>>) {
+        match written {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => self.flushed(id, n),
+            Some(Err(Stuck)) => self.on_stuck(id),
         }
     }
 

@@ -14,7 +14,7 @@ use tunnox_core::node::{AdminError, Node, NodeOutput};
 use tunnox_core::relay::LocalOutput;
 
 use crate::clock::Clock;
-use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable};
+use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 use crate::storage::EmbeddedStore;
 
 /// Capacity of the driver's event channel (socket readers wait when it is full).
@@ -309,10 +309,18 @@ impl NodeDriver {
                 None => {}
             },
             SocketEvent::Written(id, n) => {
-                if matches!(self.sockets.get(id), Some((_, Kind::Visitor { .. }))) {
-                    self.node.visitor_flushed(now, id, n);
+                if let Some((socket, _)) = self.sockets.get_mut(id) {
+                    socket.reported_written(n);
                 }
+                self.flushed(id, n);
             }
+        }
+    }
+
+    /// `n` bytes written to socket `id` (by its writer task or directly).
+    fn flushed(&mut self, id: SocketId, n: usize) {
+        if matches!(self.sockets.get(id), Some((_, Kind::Visitor { .. }))) {
+            self.node.visitor_flushed(self.clock.now(), id, n);
         }
     }
 
@@ -386,19 +394,25 @@ impl NodeDriver {
             return;
         }
         let chunks = self.outbox.take();
-        if let Some(conn) = conn
-            && self
+        if let Some(conn) = conn {
+            let written = self
                 .sockets
-                .get(conn)
-                .is_some_and(|(s, _)| !s.write_chunks(chunks))
-        {
-            self.on_stuck(conn);
+                .get_mut(conn)
+                .map(|(s, _)| s.write_chunks(chunks));
+            self.after_write(conn, written);
         }
     }
 
     fn write(&mut self, id: SocketId, bytes: Bytes) {
-        if self.sockets.get(id).is_some_and(|(s, _)| !s.write(bytes)) {
-            self.on_stuck(id);
+        let written = self.sockets.get_mut(id).map(|(s, _)| s.write(bytes));
+        self.after_write(id, written);
+    }
+
+    fn after_write(&mut self, id: SocketId, written: Option<Result<usize, Stuck>>) {
+        match written {
+            Some(Ok(0)) | None => {}
+            Some(Ok(n)) => self.flushed(id, n),
+            Some(Err(Stuck)) => self.on_stuck(id),
         }
     }
 

@@ -1,8 +1,13 @@
-//! A TCP socket served by two tasks: a reader that forwards bytes to the driver (and can be
-//! paused, so a full stream stops the socket instead of growing a buffer) and a writer that
-//! writes what the driver queues (several queued chunks per vectored write) and reports it.
+//! A socket served by two tasks: a reader that forwards bytes to the driver (and can be paused,
+//! so a full stream stops the socket instead of growing a buffer) and a writer that writes what
+//! the driver queues (several queued chunks per vectored write) and reports it. On a plain TCP
+//! socket the driver writes directly while nothing is queued (no task hop on the way out), and an
+//! idle reader holds no buffer.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::IoSlice;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,6 +23,9 @@ pub type SocketId = u64;
 const WRITE_QUEUE: usize = 4096;
 /// Bytes read per read call.
 const READ_CHUNK: usize = 64 * 1024;
+/// A read shorter than this leaves an emptied read buffer released, not kept for the next read:
+/// interactive and idle connections hold no buffer, bulk transfers reuse theirs.
+const KEEP_BUFFER_AFTER: usize = 16 * 1024;
 /// Most queued bytes gathered into one vectored write.
 const WRITE_BATCH: usize = 256 * 1024;
 /// Most chunks in one vectored write (below the usual IOV_MAX of 1024).
@@ -61,43 +69,123 @@ impl Outbox {
     }
 }
 
-/// Writes every chunk in `batch` with vectored writes, then empties it.
-async fn write_batch<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
-    use bytes::Buf;
-    let mut first = 0;
-    loop {
-        while batch.get(first).is_some_and(Bytes::is_empty) {
-            first += 1;
-        }
-        if first == batch.len() {
+/// Gathers up to [`MAX_IOVECS`] of `chunks` (skipping empty ones) as slices; returns how many.
+fn gather<'a>(chunks: &'a [Bytes], slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    let mut count = 0;
+    for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+        if count == MAX_IOVECS {
             break;
         }
-        // On the stack: no allocation per write on the data path.
-        let mut slices = [std::io::IoSlice::new(&[]); MAX_IOVECS];
-        let mut count = 0;
-        for (slot, chunk) in slices.iter_mut().zip(&batch[first..]) {
-            *slot = std::io::IoSlice::new(chunk);
-            count += 1;
+        slices[count] = IoSlice::new(chunk);
+        count += 1;
+    }
+    count
+}
+
+/// Drops `written` bytes from the front of `chunks`, removing the chunks that are done.
+fn consume(chunks: &mut Vec<Bytes>, mut written: usize) {
+    use bytes::Buf;
+    let mut done = 0;
+    for chunk in chunks.iter_mut() {
+        let step = written.min(chunk.len());
+        chunk.advance(step);
+        written -= step;
+        if !chunk.is_empty() {
+            break;
         }
-        let mut written = write.write_vectored(&slices[..count]).await?;
+        done += 1;
+    }
+    chunks.drain(..done);
+}
+
+/// Writes every chunk in `batch` with vectored writes, then empties it.
+async fn write_batch<W: WriteHalf>(write: &mut W, batch: &mut Vec<Bytes>) -> std::io::Result<()> {
+    loop {
+        // On the stack: no allocation per write on the data path.
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = gather(batch, &mut slices);
+        if count == 0 {
+            break;
+        }
+        let written = write.write_vectored(&slices[..count]).await?;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        while written > 0 {
-            let chunk = &mut batch[first];
-            let step = written.min(chunk.len());
-            chunk.advance(step);
-            written -= step;
-            if chunk.is_empty() {
-                first += 1;
-            }
-        }
+        consume(batch, written);
     }
     batch.clear();
     Ok(())
+}
+
+/// The read side of a socket, as its reader task uses it.
+trait ReadHalf: Send + 'static {
+    /// Reads once into `buf` (reserving room first); 0 at end of stream.
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// The write side of a socket, as its writer task uses it.
+trait WriteHalf: Send + 'static {
+    /// Writes some of `slices`.
+    fn write_vectored(
+        &mut self,
+        slices: &[IoSlice<'_>],
+    ) -> impl Future<Output = std::io::Result<usize>> + Send;
+    /// Shuts down the write side.
+    fn shutdown(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Any byte stream (TLS, say), split.
+struct Split<T>(T);
+
+impl<R: AsyncRead + Unpin + Send + 'static> ReadHalf for Split<R> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        buf.reserve(READ_CHUNK);
+        self.0.read_buf(buf).await
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> WriteHalf for Split<W> {
+    async fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        self.0.write_vectored(slices).await
+    }
+    async fn shutdown(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
+
+/// A plain TCP socket shared by the reader task, the writer task and the driver.
+struct SharedTcp(Arc<TcpStream>);
+
+impl ReadHalf for SharedTcp {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            // Reserve only once there is something to read: an idle socket holds no buffer.
+            self.0.readable().await?;
+            buf.reserve(READ_CHUNK);
+            match self.0.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                read => return read,
+            }
+        }
+    }
+}
+
+impl WriteHalf for SharedTcp {
+    async fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        loop {
+            self.0.writable().await?;
+            match self.0.try_write_vectored(slices) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                written => return written,
+            }
+        }
+    }
+    async fn shutdown(&mut self) {
+        let _ = socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write);
+    }
 }
 
 /// A driver's sockets by id, each with what the driver keeps about it (`K`).
@@ -123,10 +211,14 @@ impl<K> SocketTable<K> {
         self.next_id
     }
 
-    /// Serves a TCP stream (Nagle off); returns its id.
+    /// Serves a TCP stream (Nagle off); returns its id. The driver may write to it directly.
     pub fn add_tcp(&mut self, stream: TcpStream, framing: Framing, kind: K) -> SocketId {
         let _ = stream.set_nodelay(true);
-        self.add_stream(stream, framing, kind)
+        let tcp = Arc::new(stream);
+        let (id, mut socket) = self.spawn(SharedTcp(tcp.clone()), SharedTcp(tcp.clone()), framing);
+        socket.direct = Some(tcp);
+        self.sockets.insert(id, (socket, kind));
+        id
     }
 
     /// Serves any byte stream (a TLS session, say); returns its id.
@@ -134,11 +226,24 @@ impl<K> SocketTable<K> {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let id = self.next_id;
-        self.next_id += 1;
-        let socket = Socket::spawn_stream(id, stream, framing, self.events.clone());
+        let (read, write) = tokio::io::split(stream);
+        let (id, socket) = self.spawn(Split(read), Split(write), framing);
         self.sockets.insert(id, (socket, kind));
         id
+    }
+
+    fn spawn(
+        &mut self,
+        read: impl ReadHalf,
+        write: impl WriteHalf,
+        framing: Framing,
+    ) -> (SocketId, Socket) {
+        let id = self.next_id;
+        self.next_id += 1;
+        (
+            id,
+            Socket::spawn(id, read, write, framing, self.events.clone()),
+        )
     }
 
     /// The socket `id` and its notes.
@@ -189,10 +294,13 @@ pub enum SocketEvent {
 
 #[derive(Debug)]
 enum WriteCmd {
-    Data(Bytes),
     Chunks(Vec<Bytes>),
     Shutdown,
 }
+
+/// The socket is stuck (its write queue is full) or gone: the caller closes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stuck;
 
 /// The driver's handle on a socket.
 #[derive(Debug)]
@@ -201,20 +309,21 @@ pub struct Socket {
     paused: watch::Sender<bool>,
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
+    /// A plain TCP socket the driver writes to itself while nothing is queued.
+    direct: Option<Arc<TcpStream>>,
+    /// Bytes queued to the writer task and not yet reported written.
+    queued: usize,
 }
 
 impl Socket {
-    /// Starts serving any byte stream (a TLS session, say) as socket `id`.
-    fn spawn_stream<S>(
+    /// Starts the reader and writer tasks of socket `id`.
+    fn spawn(
         id: SocketId,
-        stream: S,
+        mut read: impl ReadHalf,
+        mut write: impl WriteHalf,
         framing: Framing,
         events: mpsc::Sender<SocketEvent>,
-    ) -> Socket
-    where
-        S: AsyncRead + AsyncWrite + Send + 'static,
-    {
-        let (mut read, mut write) = tokio::io::split(stream);
+    ) -> Socket {
         let (paused_tx, mut paused) = watch::channel(false);
         let read_events = events.clone();
         let reader = tokio::spawn(async move {
@@ -227,8 +336,7 @@ impl Socket {
                         return;
                     }
                 }
-                buf.reserve(READ_CHUNK);
-                let read = read.read_buf(&mut buf).await;
+                let read = read.read_into(&mut buf).await;
                 let ready = match (&read, framing) {
                     (Ok(0) | Err(_), _) | (_, Framing::Raw) => buf.len(),
                     (Ok(_), Framing::Frames) => tunnox_core::wire::whole_frames_len(&buf),
@@ -243,7 +351,12 @@ impl Socket {
                 }
                 let end = match read {
                     Ok(0) => SocketEvent::Eof(id),
-                    Ok(_) => continue,
+                    Ok(n) => {
+                        if n < KEEP_BUFFER_AFTER && buf.is_empty() {
+                            buf = BytesMut::new();
+                        }
+                        continue;
+                    }
                     Err(_) => SocketEvent::Failed(id),
                 };
                 let _ = read_events.send(end).await;
@@ -261,10 +374,6 @@ impl Socket {
                 let mut batched = 0;
                 while let Some(cmd) = next.take() {
                     match cmd {
-                        WriteCmd::Data(bytes) => {
-                            batched += bytes.len();
-                            batch.push(bytes);
-                        }
                         WriteCmd::Chunks(chunks) => {
                             batched += chunks.iter().map(Bytes::len).sum::<usize>();
                             batch.extend(chunks);
@@ -292,29 +401,56 @@ impl Socket {
                     }
                 }
                 if shutdown {
-                    let _ = write.shutdown().await;
+                    write.shutdown().await;
                 }
             }
             // The driver dropped the handle: everything queued was written; close.
-            let _ = write.shutdown().await;
+            write.shutdown().await;
         });
         Socket {
             writes,
             paused: paused_tx,
             reader,
             writer,
+            direct: None,
+            queued: 0,
         }
     }
 
-    /// Queues bytes to write. Returns false if the socket is stuck or gone (the caller closes it).
-    pub fn write(&self, bytes: Bytes) -> bool {
-        self.writes.try_send(WriteCmd::Data(bytes)).is_ok()
+    /// Writes `bytes`: at once when the socket is plain TCP and nothing is queued ahead, the rest
+    /// through the writer task (reported later as `Written`). Returns how many bytes were
+    /// written at once.
+    pub fn write(&mut self, bytes: Bytes) -> Result<usize, Stuck> {
+        self.write_chunks(vec![bytes])
     }
 
-    /// Queues several chunks to write in order, as one write. Returns false if the socket is
-    /// stuck or gone (the caller closes it).
-    pub fn write_chunks(&self, chunks: Vec<Bytes>) -> bool {
-        self.writes.try_send(WriteCmd::Chunks(chunks)).is_ok()
+    /// Writes several chunks in order, as [`Socket::write`] does.
+    pub fn write_chunks(&mut self, mut chunks: Vec<Bytes>) -> Result<usize, Stuck> {
+        let mut now = 0;
+        if self.queued == 0
+            && let Some(tcp) = &self.direct
+        {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = gather(&chunks, &mut slices);
+            // WouldBlock or an error: the writer task takes it all and reports what happens.
+            if let Ok(written) = tcp.try_write_vectored(&slices[..count]) {
+                now = written;
+                consume(&mut chunks, written);
+            }
+        }
+        let rest: usize = chunks.iter().map(Bytes::len).sum();
+        if rest > 0 {
+            self.writes
+                .try_send(WriteCmd::Chunks(chunks))
+                .map_err(|_| Stuck)?;
+            self.queued += rest;
+        }
+        Ok(now)
+    }
+
+    /// The writer task reported `n` queued bytes written.
+    pub fn reported_written(&mut self, n: usize) {
+        self.queued = self.queued.saturating_sub(n);
     }
 
     /// Shuts down the write side after the queued bytes.
@@ -392,13 +528,13 @@ mod tests {
             .collect();
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         for step in [1, 3, 5, 64, 10_000] {
-            let mut sink = Trickle {
+            let mut sink = Split(Trickle {
                 out: Vec::new(),
                 step,
-            };
+            });
             let mut batch = chunks.clone();
             write_batch(&mut sink, &mut batch).await.unwrap();
-            assert_eq!(sink.out, expected, "step {step}");
+            assert_eq!(sink.0.out, expected, "step {step}");
             assert!(batch.is_empty());
         }
     }
@@ -435,12 +571,63 @@ mod tests {
         assert_eq!(chunks[1].as_ptr(), large.as_ptr());
     }
 
+    /// A write made while earlier bytes wait in the writer task's queue goes behind them, even
+    /// when the kernel has room again: on a single-threaded runtime the writer task cannot run
+    /// in between, so a direct write here would overtake the queued bytes.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_never_overtakes_queued_bytes() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (events_tx, _events) = mpsc::channel(1024);
+        let mut table = SocketTable::new(events_tx);
+        let ours = TcpStream::from_std(ours).unwrap();
+        ours.writable().await.unwrap(); // tokio learns the socket is writable
+        let id = table.add_tcp(ours, Framing::Raw, ());
+        let first = Bytes::from(
+            (0..8 << 20)
+                .map(|i: u32| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        );
+        let second = Bytes::from_static(b"second write");
+        let socket = &mut table.get_mut(id).unwrap().0;
+        let direct = socket.write(first.clone()).unwrap();
+        assert!(
+            direct > 0 && direct < first.len(),
+            "8 MiB fit the kernel at once: {direct}"
+        );
+        // The kernel drains some of what was written directly; the writer task has not run.
+        let mut drained = vec![0; 256 * 1024];
+        peer.read_exact(&mut drained).unwrap();
+        assert_eq!(
+            socket.write(second.clone()).unwrap(),
+            0,
+            "the second write went first"
+        );
+        table.remove(id).unwrap().0.close();
+        let rest = tokio::task::spawn_blocking(move || {
+            let mut rest = Vec::new();
+            peer.read_to_end(&mut rest).unwrap();
+            rest
+        })
+        .await
+        .unwrap();
+        let mut expected = first.to_vec();
+        expected.extend_from_slice(&second);
+        assert!(
+            [drained, rest].concat() == expected,
+            "bytes reordered or lost"
+        );
+    }
+
     #[tokio::test]
     async fn a_writer_that_takes_nothing_is_an_error_not_a_hang() {
-        let mut sink = Trickle {
+        let mut sink = Split(Trickle {
             out: Vec::new(),
             step: 0,
-        };
+        });
         let mut batch = vec![Bytes::from_static(b"abc")];
         let err = write_batch(&mut sink, &mut batch).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
