@@ -6,10 +6,13 @@
 //! [`Mux::send`] and reads with [`Mux::read`].
 //!
 //! Rules it keeps:
-//! * **Credit.** Each stream and the session have a receive window. A receiver grants credit back
-//!   proactively once the application has read half a window (never only in reply to a block), so
-//!   a slow reader holds at most its window and mutual writers never deadlock. A stream's window
-//!   doubles, up to `stream_window_max_bytes`, when a window's worth is read in under two RTTs.
+//! * **Credit.** Each stream and the session have a receive window. A stream's credit goes back
+//!   proactively once the application has read half its window (never only in reply to a block),
+//!   so a slow reader holds at most its window and mutual writers never deadlock. Session credit
+//!   goes back as soon as received bytes are accounted to a stream: the session window bounds
+//!   bytes in flight, so streams that stop reading can never starve the others. A stream's window
+//!   doubles, up to `stream_window_max_bytes`, when a window's worth is read in under two RTTs,
+//!   while all grown windows together stay within the session window (the memory bound).
 //! * **Order.** Control frames (WINDOW, RST, PING, PONG, OPEN, OPEN_RESULT, GOAWAY) leave before
 //!   DATA; DATA is split at the frame size and scheduled round-robin so no stream starves another.
 //! * **Opens.** Client-opened streams are odd, node-opened even, never reused. DATA may follow an
@@ -415,9 +418,7 @@ impl Mux {
         s.recv_buffered -= n;
         s.recv.pending += n;
         self.recv_session_buffered -= n;
-        self.recv_session.pending += n;
         self.grant_stream_credit(now, stream);
-        self.grant_session_credit(now);
         Ok(ReadOutcome::Data(chunk))
     }
 
@@ -559,6 +560,11 @@ impl Mux {
         if s.take_readable_notice() {
             self.events.push_back(MuxEvent::Readable { stream });
         }
+        // The bytes now belong to the stream, bounded by its own window: the session credit they
+        // used goes back at once. Returning it only when the application reads would let streams
+        // that stop reading (a stuck visitor) hold the whole session window and stall every
+        // other stream.
+        self.return_session_credit(n);
         Ok(())
     }
 
@@ -794,7 +800,7 @@ impl Mux {
     fn grant_stream_credit(&mut self, now: Instant, stream: StreamId) {
         let max = u64::from(self.config.stream_window_max_bytes);
         let rtt = self.smoothed_rtt;
-        let Some(s) = self.streams.get_mut(&stream) else {
+        let Some(s) = self.streams.get(&stream) else {
             return;
         };
         if !s.recv.grant_due() || s.fin_received {
@@ -802,15 +808,25 @@ impl Mux {
         }
         // Auto-tune: a whole window consumed within two RTTs means the window, not the reader,
         // limits throughput; double it up to the cap.
-        let growth = match (rtt, s.recv.last_grant_at) {
+        let mut growth = match (rtt, s.recv.last_grant_at) {
             (Some(rtt), Some(last)) if now.saturating_duration_since(last) < rtt * 2 => {
                 s.recv.window.min(max.saturating_sub(s.recv.window))
             }
             _ => 0,
         };
         if growth > 0 {
+            // Grown windows together stay within the session window: what streams that stop
+            // reading can make us buffer is bounded by it (beyond the initial windows).
+            let windows: u64 = self.streams.values().map(|s| s.recv.window).sum();
+            let budget = u64::from(self.config.session_window_bytes);
+            growth = growth.min(budget.saturating_sub(windows));
+        }
+        if growth > 0 {
             self.stats.window_growths += 1;
         }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
         let increment = s.recv.take_grant(growth, now);
         self.push_window(stream, increment);
     }
@@ -851,13 +867,12 @@ impl Mux {
             Lifecycle::Incoming => self.pending_accepts -= 1,
             Lifecycle::Open => {}
         }
-        // Unread bytes are dropped; their session credit goes back to the peer.
+        // Unread bytes are dropped (their session credit went back when they arrived).
         self.recv_session_buffered -= s.recv_buffered;
-        self.return_session_credit(s.recv_buffered);
     }
 
-    /// Session credit of bytes dropped unread goes back to the peer like read bytes do; without
-    /// this, dropped bytes that filled the session window would stall the session for good.
+    /// Session credit goes back to the peer as soon as received bytes are accounted to a stream
+    /// (or dropped): the session window bounds bytes in flight, stream windows bound buffers.
     fn return_session_credit(&mut self, bytes: u64) {
         if bytes > 0 {
             self.recv_session.pending += bytes;
@@ -870,10 +885,10 @@ impl Mux {
     /// Checks the mux's internal invariants (for tests and the simulator).
     pub fn check_invariants(&self) -> Result<(), String> {
         let session = &self.recv_session;
-        if self.recv_session_buffered + session.remaining + session.pending != session.window {
+        if session.remaining + session.pending != session.window {
             return Err(format!(
-                "session credit not conserved: buffered {} + remaining {} + pending {} != window {}",
-                self.recv_session_buffered, session.remaining, session.pending, session.window
+                "session credit not conserved: remaining {} + pending {} != window {}",
+                session.remaining, session.pending, session.window
             ));
         }
         let mut buffered_total = 0;

@@ -272,6 +272,99 @@ fn slow_reader_never_grows_buffers_past_the_window_and_does_not_stall_others() {
     );
 }
 
+/// Streams whose readers stopped hold more than the whole session window between them; the
+/// session keeps flowing for the others (session credit comes back on receipt, not on read).
+#[test]
+fn streams_that_stop_reading_never_starve_the_session() {
+    let config = MuxConfig {
+        stream_window_bytes: 64 * 1024,
+        stream_window_max_bytes: 64 * 1024,
+        session_window_bytes: 256 * 1024,
+        send_buffer_bytes: 128 * 1024,
+        ..MuxConfig::default()
+    };
+    let mut pair = Pair::new(8, config.clone(), config);
+    pair.max_chunk = 256 * 1024;
+    let stuck: Vec<StreamId> = (0..10)
+        .map(|_| pair.muxes[CLIENT].open(Bytes::new()).unwrap())
+        .collect();
+    let fast = pair.muxes[CLIENT].open(Bytes::new()).unwrap();
+    pair.settle();
+    for e in pair.take_events(NODE) {
+        if let MuxEvent::Incoming { stream, .. } = e {
+            pair.muxes[NODE].accept(stream, Bytes::new()).unwrap();
+        }
+    }
+    let chunk = Bytes::from(vec![1u8; 32 * 1024]);
+    let mut fast_received = 0;
+    for _ in 0..1_000 {
+        for &id in &stuck {
+            let _ = pair.muxes[CLIENT].send(id, chunk.clone()).unwrap();
+        }
+        let _ = pair.muxes[CLIENT].send(fast, chunk.clone()).unwrap();
+        pair.step();
+        pair.check();
+        fast_received += pair.drain(NODE, fast).0.len();
+    }
+    let held: u64 = stuck
+        .iter()
+        .map(|&id| pair.muxes[NODE].recv_buffered(id))
+        .sum();
+    assert_eq!(held, 10 * 64 * 1024, "every stuck stream filled its window");
+    assert!(
+        fast_received > 10 * 1024 * 1024,
+        "the fast stream kept flowing past {held} stuck bytes: {fast_received}"
+    );
+}
+
+/// Auto-tuning grows windows only while all of them together fit the session window, which
+/// bounds what streams that later stop reading can make the receiver buffer.
+#[test]
+fn grown_windows_together_stay_within_the_session_window() {
+    let config = MuxConfig {
+        stream_window_bytes: 16 * 1024,
+        stream_window_max_bytes: 1024 * 1024,
+        session_window_bytes: 256 * 1024,
+        ..MuxConfig::default()
+    };
+    let mut pair = Pair::new(9, config.clone(), config);
+    pair.max_chunk = 1024 * 1024;
+    pair.muxes[NODE].ping(Instant::ZERO);
+    pair.now = Instant::from_nanos(1_000_000);
+    pair.settle();
+    let ids: Vec<StreamId> = (0..4)
+        .map(|_| pair.muxes[CLIENT].open(Bytes::new()).unwrap())
+        .collect();
+    pair.settle();
+    for e in pair.take_events(NODE) {
+        if let MuxEvent::Incoming { stream, .. } = e {
+            pair.muxes[NODE].accept(stream, Bytes::new()).unwrap();
+        }
+    }
+    for _ in 0..300 {
+        for &id in &ids {
+            let _ = pair.muxes[CLIENT]
+                .send(id, Bytes::from(vec![0u8; 64 * 1024]))
+                .unwrap();
+        }
+        pair.step();
+        for &id in &ids {
+            pair.drain(NODE, id);
+        }
+        pair.now = pair.now + Duration::from_micros(100);
+    }
+    let windows: u64 = ids
+        .iter()
+        .filter_map(|&id| pair.muxes[NODE].recv_window(id))
+        .sum();
+    let growths = pair.muxes[NODE].stats().window_growths;
+    assert!(growths >= 4, "windows grew: {growths}, total {windows}");
+    assert!(
+        windows <= 256 * 1024 && windows > 4 * 16 * 1024,
+        "windows grew within the session window: {windows}"
+    );
+}
+
 #[test]
 fn mutual_writers_never_deadlock() {
     for seed in 0..8 {
