@@ -72,6 +72,18 @@ fn agent_verifying(
     trust: Option<ServerTrust>,
     server_name: &str,
 ) -> mpsc::Receiver<AgentOutput> {
+    agent_to_servers(vec![node], &[server_name], id, secret, trust)
+}
+
+/// An agent trying `servers` in turn, verifying `server_names[i]` in the certificate of
+/// `servers[i]` when `trust` is given.
+fn agent_to_servers(
+    servers: Vec<SocketAddr>,
+    server_names: &[&str],
+    id: ClientId,
+    secret: &ClientSecret,
+    trust: Option<ServerTrust>,
+) -> mpsc::Receiver<AgentOutput> {
     let clock = Clock::new();
     let identity = ClientIdentity::Login {
         client_id: id.0,
@@ -79,14 +91,17 @@ fn agent_verifying(
     };
     let agent = Agent::new(
         clock.now(),
-        AgentConfig::new(identity, 1),
+        AgentConfig::new(identity, servers.len()),
         Rng::seed_from_u64(id.0),
     );
     let (notices_tx, notices) = mpsc::channel(256);
-    let mut driver = AgentDriver::new(agent, clock, vec![node], notices_tx);
+    let mut driver = AgentDriver::new(agent, clock, servers, notices_tx);
     if let Some(trust) = trust {
-        let name = ServerName::try_from(server_name.to_owned()).unwrap();
-        driver = driver.with_tls(connector(trust).unwrap(), name);
+        let names = server_names
+            .iter()
+            .map(|name| ServerName::try_from(name.to_string()).unwrap())
+            .collect();
+        driver = driver.with_tls_names(connector(trust).unwrap(), names);
     }
     let (commands, _task) = spawn_agent(driver);
     std::mem::forget(commands);
@@ -263,4 +278,27 @@ async fn a_wrong_server_name_or_a_foreign_ca_never_gets_a_session() {
     let (c, secret_c) = create_client(&node, "c").await;
     let mut good = agent_verifying(addr, c, &secret_c, roots(&pki.ca), "node.test");
     assert!(establishes(&mut good, Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_server_is_verified_under_its_own_name() {
+    let pki = pki("per-server-names");
+    let identity = NodeIdentity::from_pem_files(&pki.node_cert, &pki.node_key).unwrap();
+    let (node, addr, _) = tls_node_serving(identity).await;
+    // The same node twice: the first try verifies a name its certificate lacks and fails; the
+    // second verifies node.test and gets in, so the second server's own name was used.
+    let (a, secret_a) = create_client(&node, "a").await;
+    let servers = vec![addr, addr];
+    let mut own_names = agent_to_servers(
+        servers.clone(),
+        &["wrong.test", "node.test"],
+        a,
+        &secret_a,
+        roots(&pki.ca),
+    );
+    assert!(establishes(&mut own_names, Duration::from_secs(10)).await);
+    // With one name for both, every try verifies it.
+    let (b, secret_b) = create_client(&node, "b").await;
+    let mut one_name = agent_to_servers(servers, &["wrong.test"], b, &secret_b, roots(&pki.ca));
+    assert!(!establishes(&mut one_name, Duration::from_secs(2)).await);
 }
