@@ -1,7 +1,6 @@
 //! `tunnox client`: keeps a session to a node, serves the mappings it pushes, and offers or
 //! redeems connection codes.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -15,7 +14,7 @@ use tunnox_core::session::ClientIdentity;
 use tunnox_proto::wire::{self as pb, control_request::Body, control_response::Result as Reply};
 use tunnox_runtime_tokio::agent::{AgentCommand, AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::Clock;
-use tunnox_runtime_tokio::tls::{Fingerprint, ServerTrust, connector};
+use tunnox_runtime_tokio::tls::{Fingerprint, ServerTrust, connector, load_ca_file};
 
 use crate::server::{os_seed, shutdown_signal};
 
@@ -40,6 +39,12 @@ pub struct ClientArgs {
     /// The node certificate's fingerprint (printed by `tunnox server`) to pin.
     #[arg(long, env = "TUNNOX_FINGERPRINT")]
     fingerprint: Option<String>,
+    /// Trust a node whose certificate chains to a CA in this PEM file (and names the server).
+    #[arg(long, env = "TUNNOX_CA_FILE", value_name = "PATH")]
+    ca_file: Option<PathBuf>,
+    /// The name the node's certificate must carry [default: the host part of each --server].
+    #[arg(long, env = "TUNNOX_SERVER_NAME", value_name = "NAME")]
+    server_name: Option<String>,
     /// Accept any node certificate. Only for development.
     #[arg(long, env = "TUNNOX_INSECURE_SKIP_VERIFY")]
     insecure_skip_verify: bool,
@@ -127,35 +132,61 @@ fn parse_target(target: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
-/// Runs the client until SIGINT/SIGTERM (or until a one-shot action is done).
-pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
-    let mut servers = Vec::new();
-    for server in &args.servers {
-        let resolved: Vec<SocketAddr> = tokio::net::lookup_host(server)
-            .await
-            .with_context(|| format!("cannot resolve {server}"))?
-            .collect();
-        servers.extend(resolved.into_iter().take(1));
-    }
-    let trust = match (
-        &args.fingerprint,
-        args.insecure_skip_verify,
-        args.insecure_plaintext,
-    ) {
-        (Some(fp), _, _) => Some(ServerTrust::Pinned(Fingerprint::parse(fp)?)),
-        (None, true, _) => {
+/// The name to verify in the certificate of the node at `server` (`host:port`): `configured`
+/// (`--server-name`) if given, else the host part of `server`.
+fn server_name(server: &str, configured: Option<&str>) -> anyhow::Result<ServerName<'static>> {
+    let name = configured.unwrap_or_else(|| {
+        server
+            .rsplit_once(':')
+            .map_or(server, |(host, _)| host)
+            .trim_matches(['[', ']'])
+    });
+    ServerName::try_from(name.to_owned()).with_context(|| {
+        format!(
+            "`{name}` is not a DNS name or IP address to verify in the node's certificate \
+             (set --server-name)"
+        )
+    })
+}
+
+/// How to trust the node, from the flags; `None` for plaintext.
+fn server_trust(args: &ClientArgs) -> anyhow::Result<Option<ServerTrust>> {
+    Ok(match (&args.ca_file, &args.fingerprint) {
+        (Some(_), Some(_)) => bail!(
+            "--ca-file and --fingerprint cannot be used together: trust the node either by the \
+             CA that signed its certificate or by its pinned fingerprint"
+        ),
+        (Some(path), None) => Some(ServerTrust::Roots(load_ca_file(path).context("--ca-file")?)),
+        (None, Some(fp)) => Some(ServerTrust::Pinned(Fingerprint::parse(fp)?)),
+        (None, None) if args.insecure_skip_verify => {
             eprintln!("WARNING: the node's certificate is NOT verified (--insecure-skip-verify).");
             Some(ServerTrust::InsecureSkipVerify)
         }
-        (None, false, true) => {
+        (None, None) if args.insecure_plaintext => {
             eprintln!("WARNING: the session is NOT encrypted (--insecure-plaintext).");
             None
         }
-        (None, false, false) => bail!(
-            "pass --fingerprint with the fingerprint `tunnox server` printed, so this client can \
-             tell the real node from an impostor (or --insecure-skip-verify for development)"
+        (None, None) => bail!(
+            "pass --fingerprint with the fingerprint `tunnox server` printed, or --ca-file with \
+             the CA that signed the node's certificate, so this client can tell the real node \
+             from an impostor (or --insecure-skip-verify for development)"
         ),
-    };
+    })
+}
+
+/// Runs the client until SIGINT/SIGTERM (or until a one-shot action is done).
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let trust = server_trust(&args)?;
+    // `servers[i]` is `args.servers[i]`, so each is verified under its own name.
+    let mut servers = Vec::new();
+    for server in &args.servers {
+        let resolved = tokio::net::lookup_host(server)
+            .await
+            .with_context(|| format!("cannot resolve {server}"))?
+            .next()
+            .with_context(|| format!("{server} resolves to no address"))?;
+        servers.push(resolved);
+    }
     let saved = load_credentials(&args.credentials)?;
     let identity = match &saved {
         Some(c) => ClientIdentity::Login {
@@ -175,12 +206,12 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let (notices_tx, mut notices) = mpsc::channel(256);
     let mut driver = AgentDriver::new(agent, clock, servers, notices_tx);
     if let Some(trust) = trust {
-        let host = args.servers[0]
-            .rsplit_once(':')
-            .map_or(args.servers[0].as_str(), |(h, _)| h);
-        let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-            .context("server name")?;
-        driver = driver.with_tls(connector(trust)?, name);
+        let names = args
+            .servers
+            .iter()
+            .map(|server| server_name(server, args.server_name.as_deref()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        driver = driver.with_tls_names(connector(trust)?, names);
     }
     let (commands, _task) = spawn_agent(driver);
     let mut action = args.action;
@@ -299,5 +330,28 @@ fn report(action: Option<&ClientAction>, result: Option<Reply>) -> anyhow::Resul
             Ok(true)
         }
         None => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_name_is_the_configured_one_or_each_servers_host() {
+        let dns = |name: &str| ServerName::try_from(name.to_owned()).unwrap();
+        assert_eq!(
+            server_name("node.example.com:7000", None).unwrap(),
+            dns("node.example.com")
+        );
+        assert_eq!(server_name("[::1]:7000", None).unwrap(), dns("::1"));
+        assert_eq!(server_name("10.0.0.5:7000", None).unwrap(), dns("10.0.0.5"));
+        assert_eq!(
+            server_name("10.0.0.5:7000", Some("node.test")).unwrap(),
+            dns("node.test"),
+            "--server-name wins over the address"
+        );
+        let err = format!("{:#}", server_name("x:1", Some("not a name!")).unwrap_err());
+        assert!(err.contains("--server-name"), "{err}");
     }
 }

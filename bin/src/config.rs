@@ -55,6 +55,32 @@ pub struct TlsFile {
     /// Extra names in the generated certificate.
     #[serde(default)]
     pub names: Vec<String>,
+    /// PEM certificate chain to serve instead of the generated certificate (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// The configured certificate and key files, if any: both or neither (`cert` and `key` are
+/// `tls.cert_file` and `tls.key_file` after flags and environment are applied).
+pub fn tls_identity_files(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some((cert, key))),
+        (None, None) => Ok(None),
+        (Some(cert), None) => anyhow::bail!(
+            "tls.key_file (--tls-key-file, TUNNOX_TLS_KEY_FILE) is missing: tls.cert_file is set \
+             to {}, and a certificate needs its private key",
+            cert.display()
+        ),
+        (None, Some(key)) => anyhow::bail!(
+            "tls.cert_file (--tls-cert-file, TUNNOX_TLS_CERT_FILE) is missing: tls.key_file is set \
+             to {}, and a private key needs its certificate",
+            key.display()
+        ),
+    }
 }
 
 /// One mapping in the file.
@@ -191,6 +217,35 @@ mappings:
         );
         assert!(
             err.contains("redis") && err.contains("target.port"),
+            "{err}"
+        );
+        let err = ServerFile::parse("tls:\n  cert: a.pem\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cert"), "{err}");
+    }
+
+    #[test]
+    fn tls_certificate_and_key_files_come_together() {
+        let file =
+            ServerFile::parse("tls:\n  cert_file: /etc/c.pem\n  key_file: /etc/k.pem\n").unwrap();
+        assert_eq!(
+            tls_identity_files(file.tls.cert_file, file.tls.key_file).unwrap(),
+            Some((PathBuf::from("/etc/c.pem"), PathBuf::from("/etc/k.pem")))
+        );
+        assert_eq!(tls_identity_files(None, None).unwrap(), None);
+        let err = tls_identity_files(Some("c.pem".into()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.key_file") && err.contains("c.pem"),
+            "{err}"
+        );
+        let err = tls_identity_files(None, Some("k.pem".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls.cert_file") && err.contains("k.pem"),
             "{err}"
         );
     }

@@ -14,7 +14,7 @@ use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
 use tunnox_runtime_tokio::storage::EmbeddedStore;
 use tunnox_runtime_tokio::tls::NodeIdentity;
 
-use crate::config::{ServerFile, StorageKind};
+use crate::config::{ServerFile, StorageKind, tls_identity_files};
 
 /// Options of `tunnox server`. Each flag also reads its `TUNNOX_…` environment variable and
 /// overrides the same key of the `--config` file.
@@ -47,6 +47,12 @@ pub struct ServerArgs {
     /// Names in the generated certificate (besides localhost and the node id).
     #[arg(long = "tls-name", env = "TUNNOX_TLS_NAMES", value_delimiter = ',')]
     tls_names: Vec<String>,
+    /// PEM certificate chain to serve instead of a generated one (needs --tls-key-file).
+    #[arg(long, env = "TUNNOX_TLS_CERT_FILE", value_name = "PATH")]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "TUNNOX_TLS_KEY_FILE", value_name = "PATH")]
+    tls_key_file: Option<PathBuf>,
 }
 
 /// A 32-byte seed for the node's RNG, from the OS (once, here in the binary).
@@ -84,6 +90,33 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .or(file.node_port_bind.clone())
         .unwrap_or_else(|| "0.0.0.0".into());
     let plaintext = args.insecure_plaintext || file.tls.insecure_plaintext;
+    let identity_files = tls_identity_files(
+        args.tls_cert_file.or(file.tls.cert_file.clone()),
+        args.tls_key_file.or(file.tls.key_file.clone()),
+    )?;
+    // Loaded before anything is bound or opened: a bad certificate or key fails the start cleanly.
+    let identity = match (plaintext, &identity_files) {
+        (true, Some((cert, _))) => {
+            eprintln!("note: {} is not served: TLS is off", cert.display());
+            None
+        }
+        (true, None) => None,
+        (false, Some((cert, key))) => {
+            if !file.tls.names.is_empty() || !args.tls_names.is_empty() {
+                eprintln!(
+                    "note: tls.names only apply to a generated certificate; serving {}",
+                    cert.display()
+                );
+            }
+            Some(NodeIdentity::from_pem_files(cert, key)?)
+        }
+        (false, None) => {
+            let mut names = vec!["localhost".to_owned(), node_id.clone()];
+            names.extend(file.tls.names.iter().cloned());
+            names.extend(args.tls_names.iter().cloned());
+            Some(NodeIdentity::load_or_generate(&data_dir, &names)?)
+        }
+    };
 
     let listener = TcpListener::bind(&listen)
         .await
@@ -118,19 +151,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         "tunnox node {node_id} listening on {}",
         listener.local_addr()?
     );
-    if plaintext {
-        eprintln!("WARNING: client sessions are NOT encrypted (insecure plaintext).");
-    } else {
-        let mut names = vec!["localhost".to_owned(), node_id.clone()];
-        names.extend(file.tls.names.iter().cloned());
-        names.extend(args.tls_names.iter().cloned());
-        let identity = NodeIdentity::load_or_generate(&data_dir, &names)?;
-        println!("TLS certificate fingerprint: {}", identity.fingerprint());
-        println!(
-            "  clients pin it with: tunnox client --server HOST:PORT --fingerprint {}",
-            identity.fingerprint()
-        );
-        driver = driver.with_tls(identity.acceptor()?);
+    match &identity {
+        None => eprintln!("WARNING: client sessions are NOT encrypted (insecure plaintext)."),
+        Some(identity) => {
+            println!("TLS certificate fingerprint: {}", identity.fingerprint());
+            println!(
+                "  clients pin it with: tunnox client --server HOST:PORT --fingerprint {}",
+                identity.fingerprint()
+            );
+            if identity_files.is_some() {
+                println!(
+                    "  or trust the CA that signed it: tunnox client --server HOST:PORT \
+                     --ca-file CA.pem"
+                );
+            }
+            driver = driver.with_tls(identity.acceptor()?);
+        }
     }
     match memory {
         true => println!("state: in memory (lost on restart)"),

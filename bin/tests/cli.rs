@@ -48,6 +48,19 @@ impl Proc {
         }
     }
 
+    /// Whether a line containing `needle` appears within `wait`.
+    fn sees(&self, needle: &str, wait: Duration) -> bool {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     fn terminate(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -273,5 +286,168 @@ fn a_node_port_mapping_from_the_config_file_reaches_a_registered_client() {
         "visitors at the node port reach the service"
     );
     drop((b, server2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A CA certificate (PEM) and, signed by it, a certificate for `node.test` and its key (PEM).
+fn ca_and_node_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let node_key = KeyPair::generate().unwrap();
+    let node_cert = CertificateParams::new(vec!["node.test".to_owned()])
+        .unwrap()
+        .signed_by(&node_key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    (ca_cert.pem(), node_cert.pem(), node_key.serialize_pem())
+}
+
+/// Runs `tunnox ARGS` to its end; returns whether it succeeded and its stderr.
+fn run_to_end(args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tunnox"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+#[test]
+fn a_node_with_a_configured_certificate_is_trusted_through_its_ca_under_the_server_name() {
+    let dir = std::env::temp_dir().join(format!("tunnox-cli-ca-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_pem, cert_pem, key_pem) = ca_and_node_certificate();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("node-key.pem"),
+    );
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let config = dir.join("tunnox.yaml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let data = dir.join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {listen}\ndata_dir: {}\ntls:\n  cert_file: {}\n  key_file: {}\n",
+            data.display(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let server = Proc::spawn(&["server", "--config", config.to_str().unwrap()]);
+    server.wait_for("fingerprint:");
+    assert!(
+        !data.join("node-cert.der").exists(),
+        "no certificate is generated when one is configured"
+    );
+
+    let client = |name: &str, server_name: Option<&str>| {
+        let creds = dir.join(format!("{name}.json"));
+        let mut args = vec![
+            "client".to_owned(),
+            "--server".to_owned(),
+            listen.clone(),
+            "--ca-file".to_owned(),
+            ca.display().to_string(),
+            "--credentials".to_owned(),
+            creds.display().to_string(),
+        ];
+        if let Some(server_name) = server_name {
+            args.extend(["--server-name".to_owned(), server_name.to_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(&args)
+    };
+    let good = client("good", Some("node.test"));
+    good.wait_for("registered as client");
+    // Without --server-name the client verifies the host of --server, 127.0.0.1, which the
+    // certificate does not name: it must not get a session.
+    let by_address = client("by-address", None);
+    assert!(
+        !by_address.sees("registered as client", Duration::from_secs(3)),
+        "a certificate that does not name the server is refused"
+    );
+    drop((good, by_address, server));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
+    let dir = std::env::temp_dir().join(format!("tunnox-cli-tls-errors-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_pem, cert_pem, _) = ca_and_node_certificate();
+    let (_, _, other_key_pem) = ca_and_node_certificate();
+    let (ca, cert, other_key) = (
+        dir.join("ca.pem"),
+        dir.join("node.pem"),
+        dir.join("other-key.pem"),
+    );
+    std::fs::write(&ca, ca_pem).unwrap();
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&other_key, other_key_pem).unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = |tls: &str| {
+        let path = dir.join("tunnox.yaml");
+        std::fs::write(
+            &path,
+            format!("listen: {listen}\nstorage: memory\ntls:\n{tls}"),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+
+    let only_cert = config(&format!("  cert_file: {}\n", cert.display()));
+    let (ok, stderr) = run_to_end(&["server", "--config", &only_cert]);
+    assert!(!ok && stderr.contains("tls.key_file"), "{stderr}");
+
+    let (ok, stderr) = run_to_end(&[
+        "server",
+        "--listen",
+        &listen,
+        "--memory-storage",
+        "--tls-key-file",
+        other_key.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("tls.cert_file"), "{stderr}");
+
+    let mismatched = config(&format!(
+        "  cert_file: {}\n  key_file: {}\n",
+        cert.display(),
+        other_key.display()
+    ));
+    let (ok, stderr) = run_to_end(&["server", "--config", &mismatched]);
+    assert!(!ok && stderr.contains("other-key.pem"), "{stderr}");
+
+    let (ok, stderr) = run_to_end(&[
+        "client",
+        "--server",
+        "127.0.0.1:1",
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "--fingerprint",
+        &"00".repeat(32),
+    ]);
+    assert!(
+        !ok && stderr.contains("--ca-file") && stderr.contains("--fingerprint"),
+        "{stderr}"
+    );
+
+    let missing = dir.join("missing-ca.pem");
+    let (ok, stderr) = run_to_end(&[
+        "client",
+        "--server",
+        "127.0.0.1:1",
+        "--ca-file",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("missing-ca.pem"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

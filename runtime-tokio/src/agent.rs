@@ -38,13 +38,25 @@ pub enum AgentCommand {
 trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> SessionStream for T {}
 
-/// TLS settings for the node connection.
-#[derive(Clone)]
-struct ClientTls(TlsConnector, ServerName<'static>);
+/// TLS settings for the node connections.
+struct ClientTls {
+    connector: TlsConnector,
+    /// The name verified in (and sent as SNI to) server `i` is `names[i]`, or the first name
+    /// for servers past the end.
+    names: Vec<ServerName<'static>>,
+}
+
+impl ClientTls {
+    /// The connector and the name to verify for server `server`.
+    fn for_server(&self, server: usize) -> Option<(TlsConnector, ServerName<'static>)> {
+        let name = self.names.get(server).or(self.names.first())?;
+        Some((self.connector.clone(), name.clone()))
+    }
+}
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ClientTls({:?})", self.1)
+        write!(f, "ClientTls({:?})", self.names)
     }
 }
 
@@ -126,13 +138,25 @@ impl AgentDriver {
         }
     }
 
-    /// Connects to the node over TLS with `connector`, presenting `server_name`.
+    /// Connects to the node over TLS with `connector`, verifying `server_name` in every
+    /// server's certificate.
     pub fn with_tls(
-        mut self,
+        self,
         connector: TlsConnector,
         server_name: ServerName<'static>,
     ) -> AgentDriver {
-        self.tls = Some(ClientTls(connector, server_name));
+        self.with_tls_names(connector, vec![server_name])
+    }
+
+    /// Connects to the nodes over TLS with `connector`, verifying `names[i]` in the certificate
+    /// of server `i` (servers past the end of `names` get its first name; with no names at all
+    /// every TLS connect fails).
+    pub fn with_tls_names(
+        mut self,
+        connector: TlsConnector,
+        names: Vec<ServerName<'static>>,
+    ) -> AgentDriver {
+        self.tls = Some(ClientTls { connector, names });
         self
     }
 
@@ -384,11 +408,18 @@ impl AgentDriver {
     fn on_output(&mut self, output: AgentOutput) {
         match output {
             AgentOutput::Connect { attempt, server } => {
-                let addr = self.servers[server % self.servers.len().max(1)];
+                let server = server % self.servers.len().max(1);
+                let addr = self.servers[server];
                 let background = self.background_tx.clone();
-                let tls = self.tls.clone();
+                let tls = self.tls.as_ref().map(|tls| tls.for_server(server));
                 tokio::spawn(async move {
-                    let done = match connect(addr, tls).await {
+                    let stream = match tls {
+                        None => connect(addr, None).await,
+                        Some(Some(tls)) => connect(addr, Some(tls)).await,
+                        // TLS without any name to verify: nothing could be trusted.
+                        Some(None) => None,
+                    };
+                    let done = match stream {
                         Some(stream) => Background::Connected(attempt, stream),
                         None => Background::ConnectFailed(attempt),
                     };
@@ -476,9 +507,12 @@ impl AgentDriver {
     }
 }
 
-/// Connects to a node, over TLS when configured; `None` if either step fails (the agent backs
-/// off and retries).
-async fn connect(addr: SocketAddr, tls: Option<ClientTls>) -> Option<Box<dyn SessionStream>> {
+/// Connects to a node, over TLS verifying the name when given; `None` if either step fails (the
+/// agent backs off and retries).
+async fn connect(
+    addr: SocketAddr,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+) -> Option<Box<dyn SessionStream>> {
     let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
         .await
         .ok()?
@@ -486,7 +520,7 @@ async fn connect(addr: SocketAddr, tls: Option<ClientTls>) -> Option<Box<dyn Ses
     let _ = tcp.set_nodelay(true);
     match tls {
         None => Some(Box::new(tcp)),
-        Some(ClientTls(connector, name)) => {
+        Some((connector, name)) => {
             let secured = tokio::time::timeout(DIAL_TIMEOUT, connector.connect(name, tcp))
                 .await
                 .ok()?

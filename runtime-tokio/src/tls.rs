@@ -3,12 +3,15 @@
 //! fingerprint, or (only on explicit request, loudly) not at all.
 
 use std::fmt;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -16,6 +19,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// File names of a generated identity inside the data directory.
 const CERT_FILE: &str = "node-cert.der";
 const KEY_FILE: &str = "node-key.der";
+/// Largest PEM file (certificate chain, key or CA bundle) read; real ones are a few KiB.
+const PEM_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +42,70 @@ pub enum TlsError {
     /// A fingerprint that is not `sha256:` and 32 hex bytes.
     #[error("a fingerprint is 32 hex bytes, optionally after `sha256:` and with colons: {0}")]
     BadFingerprint(String),
+    /// A PEM file could not be read (missing, unreadable).
+    #[error("cannot read {}: {source}", .path.display())]
+    ReadPem {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A PEM file larger than any certificate or key file.
+    #[error(
+        "{} is larger than {max_bytes} bytes: not a PEM certificate or key file",
+        .path.display()
+    )]
+    PemTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// A PEM file whose sections do not parse (no END line, bad base64).
+    #[error("{} is not valid PEM: {source}", .path.display())]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: pem::Error,
+    },
+    /// A PEM file without a `CERTIFICATE` section.
+    #[error("no certificate (-----BEGIN CERTIFICATE-----) in {}", .path.display())]
+    NoCertificates {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A PEM file without a private key section.
+    #[error(
+        "no private key (-----BEGIN PRIVATE KEY----- or RSA/EC PRIVATE KEY) in {}",
+        .path.display()
+    )]
+    NoPrivateKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate in a CA file that cannot be a trust anchor.
+    #[error("a certificate in {} cannot be used as a CA: {source}", .path.display())]
+    BadCaCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// The key does not belong to the certificate (or either cannot be used).
+    #[error(
+        "the key in {} cannot serve the certificate in {}: {source}",
+        .key_path.display(),
+        .cert_path.display()
+    )]
+    KeyMismatch {
+        /// The certificate chain file.
+        cert_path: PathBuf,
+        /// The key file.
+        key_path: PathBuf,
+        /// What rustls found.
+        source: rustls::Error,
+    },
 }
 
 /// The SHA-256 of a certificate's DER encoding.
@@ -89,11 +158,13 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-/// The node's certificate and key.
+/// The node's certificate chain (its own certificate first) and key.
 #[derive(Debug)]
 pub struct NodeIdentity {
-    cert: CertificateDer<'static>,
-    key: PrivatePkcs8KeyDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// Of `chain[0]`, the node's own certificate.
+    fingerprint: Fingerprint,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -113,10 +184,7 @@ impl NodeIdentity {
         if cert_path.exists() && key_path.exists() {
             let cert = std::fs::read(&cert_path).map_err(files)?;
             let key = std::fs::read(&key_path).map_err(files)?;
-            return Ok(NodeIdentity {
-                cert: CertificateDer::from(cert),
-                key: PrivatePkcs8KeyDer::from(key),
-            });
+            return Ok(NodeIdentity::single(cert, key));
         }
         let generated = rcgen::generate_simple_self_signed(names.to_vec())
             .map_err(|e| TlsError::Generate(e.to_string()))?;
@@ -125,15 +193,59 @@ impl NodeIdentity {
         std::fs::create_dir_all(dir).map_err(files)?;
         write_private(&key_path, &key).map_err(files)?;
         std::fs::write(&cert_path, &cert).map_err(files)?;
+        Ok(NodeIdentity::single(cert, key))
+    }
+
+    /// A one-certificate identity from DER certificate and PKCS#8 key bytes.
+    fn single(cert: Vec<u8>, key: Vec<u8>) -> NodeIdentity {
+        let cert = CertificateDer::from(cert);
+        NodeIdentity {
+            fingerprint: Fingerprint::of(&cert),
+            chain: vec![cert],
+            key: PrivatePkcs8KeyDer::from(key).into(),
+        }
+    }
+
+    /// Loads a configured identity: the PEM certificate chain in `cert_path` (the node's own
+    /// certificate first) and the PEM private key in `key_path`, checked to belong together.
+    pub fn from_pem_files(cert_path: &Path, key_path: &Path) -> Result<NodeIdentity, TlsError> {
+        let chain = read_pem_certificates(cert_path)?;
+        let key_pem = read_pem_file(key_path)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| match error {
+            pem::Error::NoItemsFound => TlsError::NoPrivateKey {
+                path: key_path.to_owned(),
+            },
+            source => TlsError::BadPem {
+                path: key_path.to_owned(),
+                source,
+            },
+        })?;
+        // Fails now, naming both files, rather than at the first handshake.
+        CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider()).map_err(|source| {
+            TlsError::KeyMismatch {
+                cert_path: cert_path.to_owned(),
+                key_path: key_path.to_owned(),
+                source,
+            }
+        })?;
+        // `read_pem_certificates` returns at least one certificate.
+        let fingerprint =
+            chain
+                .first()
+                .map(Fingerprint::of)
+                .ok_or_else(|| TlsError::NoCertificates {
+                    path: cert_path.to_owned(),
+                })?;
         Ok(NodeIdentity {
-            cert: CertificateDer::from(cert),
-            key: PrivatePkcs8KeyDer::from(key),
+            chain,
+            key,
+            fingerprint,
         })
     }
 
-    /// The certificate's fingerprint, for clients to pin.
+    /// The fingerprint of the node's own certificate, for clients to pin.
     pub fn fingerprint(&self) -> Fingerprint {
-        Fingerprint::of(&self.cert)
+        self.fingerprint
     }
 
     /// A TLS acceptor serving this identity.
@@ -141,12 +253,60 @@ impl NodeIdentity {
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(
-                vec![self.cert.clone()],
-                PrivateKeyDer::Pkcs8(self.key.clone_key()),
-            )?;
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
+}
+
+/// Reads a PEM file of one or more CA certificates into roots for [`ServerTrust::Roots`].
+pub fn load_ca_file(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_pem_certificates(path)? {
+        roots
+            .add(cert)
+            .map_err(|source| TlsError::BadCaCertificate {
+                path: path.to_owned(),
+                source,
+            })?;
+    }
+    Ok(roots)
+}
+
+/// Every certificate in a PEM file; at least one.
+fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read_pem_file(path)?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::BadPem {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A PEM file's bytes, refusing files over [`PEM_FILE_BYTES_MAX`].
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let unreadable = |source| TlsError::ReadPem {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(PEM_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
+        return Err(TlsError::PemTooLarge {
+            path: path.to_owned(),
+            max_bytes: PEM_FILE_BYTES_MAX,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(unix)]
@@ -256,6 +416,121 @@ impl ServerCertVerifier for FixedVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh, empty directory for one test.
+    fn temp_dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tunnox-tls-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Writes `text` to `dir/name` and returns the path.
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A self-signed certificate for `name`, and its key, both PEM.
+    fn self_signed(name: &str) -> (String, String) {
+        let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        (generated.cert.pem(), generated.signing_key.serialize_pem())
+    }
+
+    #[test]
+    fn a_pem_certificate_and_its_key_make_an_identity() {
+        let dir = temp_dir("pem-good");
+        let (cert_pem, key_pem) = self_signed("node.test");
+        let cert = write(&dir, "cert.pem", &cert_pem);
+        let key = write(&dir, "key.pem", &key_pem);
+        let identity = NodeIdentity::from_pem_files(&cert, &key).unwrap();
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+        assert_eq!(identity.fingerprint(), Fingerprint::of(&der));
+        identity.acceptor().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_identity_files_are_errors_naming_the_file() {
+        let dir = temp_dir("pem-bad");
+        let (cert_pem, key_pem) = self_signed("node.test");
+        let (_, other_key_pem) = self_signed("other.test");
+        let cert = write(&dir, "cert.pem", &cert_pem);
+        let key = write(&dir, "key.pem", &key_pem);
+        let other_key = write(&dir, "other-key.pem", &other_key_pem);
+        let missing = dir.join("missing.pem");
+        let not_pem = write(&dir, "not.pem", "just some text\n");
+        let truncated = write(&dir, "truncated.pem", &cert_pem[..cert_pem.len() / 2]);
+
+        let err = NodeIdentity::from_pem_files(&missing, &key).unwrap_err();
+        assert!(matches!(err, TlsError::ReadPem { ref path, .. } if *path == missing));
+        let err = NodeIdentity::from_pem_files(&cert, &missing).unwrap_err();
+        assert!(matches!(err, TlsError::ReadPem { ref path, .. } if *path == missing));
+        let err = NodeIdentity::from_pem_files(&not_pem, &key).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificates { ref path } if *path == not_pem));
+        let err = NodeIdentity::from_pem_files(&truncated, &key).unwrap_err();
+        assert!(matches!(err, TlsError::BadPem { ref path, .. } if *path == truncated));
+        // A certificate where the key should be.
+        let err = NodeIdentity::from_pem_files(&cert, &cert).unwrap_err();
+        assert!(matches!(err, TlsError::NoPrivateKey { ref path } if *path == cert));
+        let err = NodeIdentity::from_pem_files(&cert, &other_key).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("other-key.pem") && text.contains("cert.pem"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_ca_file_loads_every_certificate_in_it() {
+        let dir = temp_dir("ca-good");
+        let (first, _) = self_signed("a.test");
+        let (second, _) = self_signed("b.test");
+        let bundle = write(&dir, "ca.pem", &format!("{first}\n{second}"));
+        assert_eq!(load_ca_file(&bundle).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_ca_files_are_errors_naming_the_file() {
+        let dir = temp_dir("ca-bad");
+        let missing = dir.join("missing.pem");
+        let err = load_ca_file(&missing).unwrap_err();
+        assert!(matches!(err, TlsError::ReadPem { .. }));
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let (_, key_pem) = self_signed("a.test");
+        let only_key = write(&dir, "key.pem", &key_pem);
+        let err = load_ca_file(&only_key).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificates { .. }));
+        assert!(err.to_string().contains("key.pem"), "{err}");
+
+        let unterminated = write(
+            &dir,
+            "unterminated.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n",
+        );
+        let err = load_ca_file(&unterminated).unwrap_err();
+        assert!(matches!(err, TlsError::BadPem { .. }), "{err}");
+
+        // Well-formed PEM around bytes that are not a certificate.
+        let not_x509 = write(
+            &dir,
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        );
+        let err = load_ca_file(&not_x509).unwrap_err();
+        assert!(matches!(err, TlsError::BadCaCertificate { .. }), "{err}");
+
+        let huge = dir.join("huge.pem");
+        std::fs::write(&huge, vec![b'A'; PEM_FILE_BYTES_MAX as usize + 1]).unwrap();
+        let err = load_ca_file(&huge).unwrap_err();
+        assert!(matches!(err, TlsError::PemTooLarge { .. }), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn fingerprints_print_and_parse_back() {

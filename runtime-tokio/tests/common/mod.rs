@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,6 +27,50 @@ pub async fn echo_server() -> SocketAddr {
         }
     });
     addr
+}
+
+/// Byte number `offset` of what a [`firehose_server`] sends on each connection.
+pub fn firehose_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// A server that writes [`firehose_byte`]s to every connection without end (until the connection
+/// fails) and never reads; returns its address and the bytes written so far, all connections
+/// together (the count stops growing once every connection's readers push back).
+pub async fn firehose_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // A whole number of 251-byte periods, so the pattern runs on across writes.
+                let chunk: Vec<u8> = (0..251 * 256).map(firehose_byte).collect();
+                let mut at = 0;
+                while let Ok(n) = stream.write(&chunk[at..]).await {
+                    if n == 0 {
+                        return;
+                    }
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    at = (at + n) % chunk.len();
+                }
+            });
+        }
+    });
+    (addr, written)
+}
+
+/// Connects to `127.0.0.1:port`, retrying while the listener comes up.
+pub async fn connect_when_listening(port: u16) -> TcpStream {
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            return stream;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on port {port}");
 }
 
 pub fn free_port() -> u16 {
