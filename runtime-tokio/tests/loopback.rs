@@ -435,15 +435,12 @@ async fn a_stuck_visitor_does_not_stall_others_on_a_client_port() {
 
 /// Many visitors that stop reading must not stall the session for every other visitor.
 ///
-/// Fails today, so it is ignored until the mux is fixed: each stuck stream keeps its 256 KiB
-/// window unread in the node's mux, and session credit goes back only in steps of half the 16 MiB
-/// session window. Once the stuck streams hold more than 8 MiB (33 full windows; 40-odd visitors
-/// on loopback), what the other streams read can never add up to a step, so the target client can send the node nothing more:
-/// every mapping through that client stalls until the stuck visitors read or close. Anyone who
-/// can reach a node port can do this on purpose. Run with `cargo test -- --ignored`; it writes
-/// about 500 MB through loopback before the stall.
+/// 64 stuck streams hold 64 × 256 KiB = 16 MiB unread in the node's mux, the whole session
+/// window. When session credit went back only as the application read, 40-odd stuck visitors
+/// stalled every mapping through the target client (anyone who can reach a node port could do it
+/// on purpose); now session credit goes back on receipt and the stream windows bound the buffers.
+/// Writes about 500 MB through loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: stuck streams holding over half the session window stall the session"]
 async fn many_stuck_visitors_do_not_stall_others_on_a_node_port() {
     const STUCK_VISITORS: usize = 64;
     let m = stuck_and_echo_mappings(|_| Entry::NodePort {
