@@ -18,6 +18,18 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Worker threads for sockets and TLS. The protocol state machine of a node or client runs
+    /// on one task either way; more threads spread socket I/O and TLS over more cores. One
+    /// measured fastest on a 2-core machine shared with the traffic's endpoints
+    /// (bench/RESULTS.md).
+    #[arg(
+        long,
+        global = true,
+        env = "TUNNOX_THREADS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,8 +64,10 @@ impl Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Some((name, issue)) = cli.command.pending_issue() else {
+        let threads = usize::from(cli.threads);
         let runtime = || {
             tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
                 .enable_all()
                 .build()
         };

@@ -482,7 +482,7 @@ impl AgentDriver {
                     if let Some((socket, _)) = self
                         .local_socket
                         .get(&local)
-                        .and_then(|id| self.sockets.get(*id))
+                        .and_then(|id| self.sockets.get_mut(*id))
                     {
                         socket.shutdown();
                     }

@@ -469,7 +469,7 @@ impl NodeDriver {
             NodeOutput::Visitor(out) => match out {
                 LocalOutput::Write { local, bytes } => self.write(local, bytes),
                 LocalOutput::Finish { local } => {
-                    if let Some((socket, _)) = self.sockets.get(local) {
+                    if let Some((socket, _)) = self.sockets.get_mut(local) {
                         socket.shutdown();
                     }
                 }

@@ -215,7 +215,8 @@ impl<K> SocketTable<K> {
     pub fn add_tcp(&mut self, stream: TcpStream, framing: Framing, kind: K) -> SocketId {
         let _ = stream.set_nodelay(true);
         let tcp = Arc::new(stream);
-        let (id, mut socket) = self.spawn(SharedTcp(tcp.clone()), SharedTcp(tcp.clone()), framing);
+        let id = self.take_id();
+        let mut socket = Socket::spawn(id, SharedTcp(tcp.clone()), framing, self.events.clone());
         socket.direct = Some(tcp);
         self.sockets.insert(id, (socket, kind));
         id
@@ -227,23 +228,17 @@ impl<K> SocketTable<K> {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read, write) = tokio::io::split(stream);
-        let (id, socket) = self.spawn(Split(read), Split(write), framing);
+        let id = self.take_id();
+        let mut socket = Socket::spawn(id, Split(read), framing, self.events.clone());
+        socket.writer = Some(Writer::start(id, Split(write), self.events.clone()));
         self.sockets.insert(id, (socket, kind));
         id
     }
 
-    fn spawn(
-        &mut self,
-        read: impl ReadHalf,
-        write: impl WriteHalf,
-        framing: Framing,
-    ) -> (SocketId, Socket) {
+    fn take_id(&mut self) -> SocketId {
         let id = self.next_id;
         self.next_id += 1;
-        (
-            id,
-            Socket::spawn(id, read, write, framing, self.events.clone()),
-        )
+        id
     }
 
     /// The socket `id` and its notes.
@@ -305,66 +300,32 @@ pub struct Stuck;
 /// The driver's handle on a socket.
 #[derive(Debug)]
 pub struct Socket {
-    writes: mpsc::Sender<WriteCmd>,
+    id: SocketId,
     paused: watch::Sender<bool>,
     reader: JoinHandle<()>,
-    writer: JoinHandle<()>,
+    /// The writer task: started at once for a split stream; for plain TCP only when a write
+    /// cannot go out directly (an idle connection has none).
+    writer: Option<Writer>,
     /// A plain TCP socket the driver writes to itself while nothing is queued.
     direct: Option<Arc<TcpStream>>,
+    /// Where a lazily started writer reports.
+    events: mpsc::Sender<SocketEvent>,
     /// Bytes queued to the writer task and not yet reported written.
     queued: usize,
 }
 
-impl Socket {
-    /// Starts the reader and writer tasks of socket `id`.
-    fn spawn(
-        id: SocketId,
-        mut read: impl ReadHalf,
-        mut write: impl WriteHalf,
-        framing: Framing,
-        events: mpsc::Sender<SocketEvent>,
-    ) -> Socket {
-        let (paused_tx, mut paused) = watch::channel(false);
-        let read_events = events.clone();
-        let reader = tokio::spawn(async move {
-            // One buffer, split per read: once the consumer drops earlier chunks, `reserve`
-            // reuses the same allocation instead of faulting in fresh pages every read.
-            let mut buf = BytesMut::new();
-            loop {
-                while *paused.borrow() {
-                    if paused.changed().await.is_err() {
-                        return;
-                    }
-                }
-                let read = read.read_into(&mut buf).await;
-                let ready = match (&read, framing) {
-                    (Ok(0) | Err(_), _) | (_, Framing::Raw) => buf.len(),
-                    (Ok(_), Framing::Frames) => tunnox_core::wire::whole_frames_len(&buf),
-                };
-                if ready > 0
-                    && read_events
-                        .send(SocketEvent::Data(id, buf.split_to(ready)))
-                        .await
-                        .is_err()
-                {
-                    return;
-                }
-                let end = match read {
-                    Ok(0) => SocketEvent::Eof(id),
-                    Ok(n) => {
-                        if n < KEEP_BUFFER_AFTER && buf.is_empty() {
-                            buf = BytesMut::new();
-                        }
-                        continue;
-                    }
-                    Err(_) => SocketEvent::Failed(id),
-                };
-                let _ = read_events.send(end).await;
-                return;
-            }
-        });
+/// A socket's writer task and its queue.
+#[derive(Debug)]
+struct Writer {
+    writes: mpsc::Sender<WriteCmd>,
+    task: JoinHandle<()>,
+}
+
+impl Writer {
+    /// Starts the task that writes what is queued to `write` and reports it as socket `id`.
+    fn start(id: SocketId, mut write: impl WriteHalf, events: mpsc::Sender<SocketEvent>) -> Writer {
         let (writes, mut queue) = mpsc::channel::<WriteCmd>(WRITE_QUEUE);
-        let writer = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut batch: Vec<Bytes> = Vec::new();
             while let Some(first) = queue.recv().await {
                 // Take what else is already queued, so one vectored write (and one report)
@@ -407,14 +368,77 @@ impl Socket {
             // The driver dropped the handle: everything queued was written; close.
             write.shutdown().await;
         });
+        Writer { writes, task }
+    }
+}
+
+impl Socket {
+    /// Starts the reader task of socket `id` (the writer is the caller's to add).
+    fn spawn(
+        id: SocketId,
+        mut read: impl ReadHalf,
+        framing: Framing,
+        events: mpsc::Sender<SocketEvent>,
+    ) -> Socket {
+        let (paused_tx, mut paused) = watch::channel(false);
+        let read_events = events.clone();
+        let reader = tokio::spawn(async move {
+            // One buffer, split per read: once the consumer drops earlier chunks, `reserve`
+            // reuses the same allocation instead of faulting in fresh pages every read.
+            let mut buf = BytesMut::new();
+            loop {
+                while *paused.borrow() {
+                    if paused.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let read = read.read_into(&mut buf).await;
+                let ready = match (&read, framing) {
+                    (Ok(0) | Err(_), _) | (_, Framing::Raw) => buf.len(),
+                    (Ok(_), Framing::Frames) => tunnox_core::wire::whole_frames_len(&buf),
+                };
+                if ready > 0
+                    && read_events
+                        .send(SocketEvent::Data(id, buf.split_to(ready)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                let end = match read {
+                    Ok(0) => SocketEvent::Eof(id),
+                    Ok(n) => {
+                        if n < KEEP_BUFFER_AFTER && buf.is_empty() {
+                            buf = BytesMut::new();
+                        }
+                        continue;
+                    }
+                    Err(_) => SocketEvent::Failed(id),
+                };
+                let _ = read_events.send(end).await;
+                return;
+            }
+        });
         Socket {
-            writes,
+            id,
             paused: paused_tx,
             reader,
-            writer,
+            writer: None,
             direct: None,
+            events,
             queued: 0,
         }
+    }
+
+    /// The writer task, started now for a plain TCP socket that has none yet.
+    fn writer(&mut self) -> Option<&Writer> {
+        if self.writer.is_none()
+            && let Some(tcp) = &self.direct
+        {
+            let write = SharedTcp(tcp.clone());
+            self.writer = Some(Writer::start(self.id, write, self.events.clone()));
+        }
+        self.writer.as_ref()
     }
 
     /// Writes `bytes`: at once when the socket is plain TCP and nothing is queued ahead, the rest
@@ -440,7 +464,9 @@ impl Socket {
         }
         let rest: usize = chunks.iter().map(Bytes::len).sum();
         if rest > 0 {
-            self.writes
+            self.writer()
+                .ok_or(Stuck)?
+                .writes
                 .try_send(WriteCmd::Chunks(chunks))
                 .map_err(|_| Stuck)?;
             self.queued += rest;
@@ -454,8 +480,14 @@ impl Socket {
     }
 
     /// Shuts down the write side after the queued bytes.
-    pub fn shutdown(&self) {
-        let _ = self.writes.try_send(WriteCmd::Shutdown);
+    pub fn shutdown(&mut self) {
+        if self.queued == 0
+            && let Some(tcp) = &self.direct
+        {
+            let _ = socket2::SockRef::from(&**tcp).shutdown(std::net::Shutdown::Write);
+        } else if let Some(writer) = self.writer() {
+            let _ = writer.writes.try_send(WriteCmd::Shutdown);
+        }
     }
 
     /// Stops or resumes reading.
@@ -471,7 +503,9 @@ impl Socket {
     /// Closes at once, dropping queued bytes.
     pub fn abort(self) {
         self.reader.abort();
-        self.writer.abort();
+        if let Some(writer) = self.writer {
+            writer.task.abort();
+        }
     }
 }
 
