@@ -107,7 +107,14 @@ for k in "${!SERVICES[@]}"; do
 EOF
 done
 stop tunnox-node
-start tunnox-node "$TUNNOX" server --config "$WORK/tunnox.yaml"
+run_tunnox() {
+  start tunnox-node "$TUNNOX" server --config "$WORK/tunnox.yaml"
+  wait_port 17000
+  start tunnox-target "$TUNNOX" client --server 127.0.0.1:17000 --insecure-plaintext --credentials "$WORK/target.json"
+  start tunnox-listen "$TUNNOX" client --server 127.0.0.1:17000 --insecure-plaintext --credentials "$WORK/listen.json"
+}
+stop tunnox-listen; stop tunnox-target
+run_tunnox
 tunnels=(tunnox tunnox-cp)
 
 # ---- rathole ----------------------------------------------------------------------------------
@@ -124,40 +131,66 @@ if command -v rathole >/dev/null; then
       printf '[client.services.%s]\ntoken = "bench-only-token"\nlocal_addr = "127.0.0.1:%s"\n' "$s" "${SERVICE_PORT[$s]}"
     done
   } >"$WORK/rathole-client.toml"
-  start rathole-server rathole "$WORK/rathole-server.toml"
-  wait_port 17001
-  start rathole-client rathole "$WORK/rathole-client.toml"
+  run_rathole() {
+    start rathole-server rathole "$WORK/rathole-server.toml"
+    wait_port 17001
+    start rathole-client rathole "$WORK/rathole-client.toml"
+  }
+  run_rathole
   tunnels+=(rathole)
 fi
 
 # ---- bore (one `bore local` per service) -------------------------------------------------------
 if command -v bore >/dev/null; then
-  start bore-server bore server --min-port "${BASE[bore]}" --max-port $((BASE[bore] + ${#SERVICES[@]} - 1))
-  wait_port 7835
-  for k in "${!SERVICES[@]}"; do
-    s=${SERVICES[$k]}
-    start "bore-$s" bore local "${SERVICE_PORT[$s]}" --to 127.0.0.1 --port $((BASE[bore] + k))
-  done
+  run_bore() {
+    start bore-server bore server --min-port "${BASE[bore]}" --max-port $((BASE[bore] + ${#SERVICES[@]} - 1))
+    wait_port 7835
+    local k
+    for k in "${!SERVICES[@]}"; do
+      start "bore-${SERVICES[$k]}" bore local "${SERVICE_PORT[${SERVICES[$k]}]}" --to 127.0.0.1 --port $((BASE[bore] + k))
+    done
+  }
+  run_bore
   tunnels+=(bore)
 fi
 
+# wait_tunnel TUNNEL: until a byte makes it through to the echo service and back.
+wait_tunnel() {
+  for _ in $(seq 200); do
+    "$PROBE" connect --to "127.0.0.1:$(port_of "$1" echo)" --count 1 --warmup 0 >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "no echo through $1" >&2; return 1
+}
+# restart TUNNEL: fresh processes, so a memory measurement starts from a clean heap.
+restart() {
+  local tunnel service
+  case $1 in
+    tunnox | tunnox-cp) stop tunnox-listen; stop tunnox-target; stop tunnox-node; run_tunnox ;;
+    rathole) stop rathole-client; stop rathole-server; run_rathole ;;
+    bore) for service in "${SERVICES[@]}"; do stop "bore-$service"; done; stop bore-server; run_bore ;;
+  esac
+  for tunnel in "${tunnels[@]}"; do wait_tunnel "$tunnel"; done
+  sleep 1
+}
 for t in "${tunnels[@]}"; do
-  for s in iperf echo; do wait_port "$(port_of "$t" "$s")"; done
+  wait_port "$(port_of "$t" iperf)"; wait_tunnel "$t"
 done
 sleep 1
 
 # table HEADER...: starts a Markdown table whose last columns are × rathole and × bore.
 table() { local h; printf '\n|'; for h in "$@"; do printf ' %s |' "$h"; done; printf ' × rathole | × bore |\n|'; for h in "$@" x y; do printf -- '---|'; done; echo; }
 
-# ---- RSS per idle connection (first, before bulk traffic grows the processes' heaps) ----------
-# Per connection = (RSS holding N connections - RSS at start) / N. Memory freed by an earlier run
-# stays with the process, so later runs can only read high (tunnox-cp shares the node and target
-# client with tunnox and runs after it).
+# ---- RSS per idle connection --------------------------------------------------------------------
+# Every run starts the tunnel's processes afresh (memory freed by an earlier run would stay with
+# the process and hide the next run's growth); per connection = (RSS holding N connections, all
+# proven end to end - RSS before) / N.
 if [[ " $SECTIONS " == *" idle "* ]]; then
   echo; echo "### RSS per idle tunnelled connection (KiB; node/server + client(s)), $RUNS runs"
   table tunnel connections "KiB/conn median" min max "node or server KiB/conn median" "client(s) KiB/conn median"
   idle_run() { # tunnel count -> "total server clients" KiB per connection
     local t=$1 n=$2 procs server clients before_s before_c after_s after_c
+    restart "$t" >&2
     procs=$(procs_of "$t" echo); server=${procs%% *}; clients=${procs#* }
     before_s=$(rss_kib "$server"); before_c=$(rss_kib $clients)
     coproc HOLD { "$PROBE" hold --to "127.0.0.1:$(port_of "$t" echo)" --count "$n"; }
@@ -176,7 +209,9 @@ if [[ " $SECTIONS " == *" idle "* ]]; then
       [[ " $IDLE_COUNTS " == *" $n "* ]] || [[ $t == tunnox* ]] || continue
       : >"$WORK/total"; : >"$WORK/server"; : >"$WORK/clients"
       for _ in $(seq "$RUNS"); do
-        read -r a b c < <(idle_run "$t" "$n")
+        # In this shell, not a subshell: the run restarts processes whose ids later sections use.
+        idle_run "$t" "$n" >"$WORK/idle-run"
+        read -r a b c <"$WORK/idle-run"
         echo "$a" >>"$WORK/total"; echo "$b" >>"$WORK/server"; echo "$c" >>"$WORK/clients"
       done
       read -r m l h < <(stats <"$WORK/total")
