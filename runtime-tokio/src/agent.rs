@@ -251,19 +251,7 @@ impl AgentDriver {
                 }
                 None => {}
             },
-            SocketEvent::Failed(id) => match self.sockets.get(id).map(|(_, k)| k) {
-                Some(Kind::Session(attempt)) => {
-                    let attempt = *attempt;
-                    self.drop_socket(id, true);
-                    self.agent.connection_closed(now, attempt);
-                }
-                Some(Kind::Local { local, .. }) => {
-                    let local = *local;
-                    self.drop_socket(id, true);
-                    self.agent.local_reset(now, local);
-                }
-                None => {}
-            },
+            SocketEvent::Failed(id) => self.drop_broken(id),
             SocketEvent::Written(id, n) => {
                 if let Some((socket, _)) = self.sockets.get_mut(id) {
                     socket.reported_written(n);
@@ -383,12 +371,13 @@ impl AgentDriver {
         match written {
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => self.flushed(id, n),
-            Some(Err(Stuck)) => self.on_stuck(id),
+            Some(Err(Stuck)) => self.drop_broken(id),
         }
     }
 
-    /// A peer that does not read: drop it rather than buffer without bound.
-    fn on_stuck(&mut self, id: SocketId) {
+    /// A socket that failed, or whose peer does not read (dropped rather than buffered without
+    /// bound): abort it and tell the state machine.
+    fn drop_broken(&mut self, id: SocketId) {
         let now = self.clock.now();
         match self.sockets.get(id).map(|(_, k)| k) {
             Some(Kind::Session(attempt)) => {

@@ -297,17 +297,7 @@ impl NodeDriver {
                 }
                 None => {}
             },
-            SocketEvent::Failed(id) => match self.sockets.remove(id) {
-                Some((socket, Kind::Client)) => {
-                    socket.abort();
-                    self.node.connection_closed(now, id);
-                }
-                Some((socket, Kind::Visitor { .. })) => {
-                    socket.abort();
-                    self.node.visitor_reset(now, id);
-                }
-                None => {}
-            },
+            SocketEvent::Failed(id) => self.drop_broken(id),
             SocketEvent::Written(id, n) => {
                 if let Some((socket, _)) = self.sockets.get_mut(id) {
                     socket.reported_written(n);
@@ -412,12 +402,13 @@ impl NodeDriver {
         match written {
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => self.flushed(id, n),
-            Some(Err(Stuck)) => self.on_stuck(id),
+            Some(Err(Stuck)) => self.drop_broken(id),
         }
     }
 
-    /// A peer that does not read: drop it rather than buffer without bound.
-    fn on_stuck(&mut self, id: SocketId) {
+    /// A socket that failed, or whose peer does not read (dropped rather than buffered without
+    /// bound): abort it and tell the state machine.
+    fn drop_broken(&mut self, id: SocketId) {
         let now = self.clock.now();
         match self.sockets.remove(id) {
             Some((socket, Kind::Client)) => {

@@ -97,6 +97,20 @@ impl Pair {
         panic!("pair never settled");
     }
 
+    /// The client opens `n` streams; the node accepts them all.
+    fn open_accepted(&mut self, n: usize) -> Vec<StreamId> {
+        let ids = (0..n)
+            .map(|_| self.muxes[CLIENT].open(Bytes::new()).unwrap())
+            .collect();
+        self.settle();
+        for e in self.take_events(NODE) {
+            if let MuxEvent::Incoming { stream, .. } = e {
+                self.muxes[NODE].accept(stream, Bytes::new()).unwrap();
+            }
+        }
+        ids
+    }
+
     fn take_events(&mut self, side: usize) -> Vec<MuxEvent> {
         std::mem::take(&mut self.events[side])
     }
@@ -243,14 +257,9 @@ fn slow_reader_never_grows_buffers_past_the_window_and_does_not_stall_others() {
     };
     let mut pair = Pair::new(7, config.clone(), config);
     pair.max_chunk = 256 * 1024;
-    let slow = pair.muxes[CLIENT].open(Bytes::new()).unwrap();
-    let fast = pair.muxes[CLIENT].open(Bytes::new()).unwrap();
-    pair.settle();
-    for e in pair.take_events(NODE) {
-        if let MuxEvent::Incoming { stream, .. } = e {
-            pair.muxes[NODE].accept(stream, Bytes::new()).unwrap();
-        }
-    }
+    let [slow, fast] = pair.open_accepted(2)[..] else {
+        unreachable!()
+    };
     let chunk = Bytes::from(vec![1u8; 32 * 1024]);
     let mut fast_received = 0;
     for _ in 0..2_000 {
@@ -285,16 +294,8 @@ fn streams_that_stop_reading_never_starve_the_session() {
     };
     let mut pair = Pair::new(8, config.clone(), config);
     pair.max_chunk = 256 * 1024;
-    let stuck: Vec<StreamId> = (0..10)
-        .map(|_| pair.muxes[CLIENT].open(Bytes::new()).unwrap())
-        .collect();
-    let fast = pair.muxes[CLIENT].open(Bytes::new()).unwrap();
-    pair.settle();
-    for e in pair.take_events(NODE) {
-        if let MuxEvent::Incoming { stream, .. } = e {
-            pair.muxes[NODE].accept(stream, Bytes::new()).unwrap();
-        }
-    }
+    let mut stuck = pair.open_accepted(11);
+    let fast = stuck.pop().unwrap();
     let chunk = Bytes::from(vec![1u8; 32 * 1024]);
     let mut fast_received = 0;
     for _ in 0..1_000 {
@@ -332,15 +333,7 @@ fn grown_windows_together_stay_within_the_session_window() {
     pair.muxes[NODE].ping(Instant::ZERO);
     pair.now = Instant::from_nanos(1_000_000);
     pair.settle();
-    let ids: Vec<StreamId> = (0..4)
-        .map(|_| pair.muxes[CLIENT].open(Bytes::new()).unwrap())
-        .collect();
-    pair.settle();
-    for e in pair.take_events(NODE) {
-        if let MuxEvent::Incoming { stream, .. } = e {
-            pair.muxes[NODE].accept(stream, Bytes::new()).unwrap();
-        }
-    }
+    let ids = pair.open_accepted(4);
     for _ in 0..300 {
         for &id in &ids {
             let _ = pair.muxes[CLIENT]
