@@ -15,6 +15,7 @@ pub mod planted;
 pub mod relay;
 pub mod rng;
 pub mod session;
+pub mod storage;
 pub mod time;
 pub mod tunnel;
 pub mod wire;
