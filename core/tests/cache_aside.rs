@@ -244,6 +244,7 @@ fn run(seeds: std::ops::Range<u64>, naive: bool) -> Counters {
 #[test]
 fn reads_respect_the_staleness_bound_under_races_evictions_and_outages() {
     let c = run(0..300, false);
+    eprintln!("{c:?}");
     assert_eq!((c.bound_violations, c.floor_violations), (0, 0), "{c:?}");
     // The faults and races happened, and reads were checked.
     assert!(c.reads_checked > 50_000, "{c:?}");

@@ -1,0 +1,9 @@
+//! Cluster logic that does no IO: which node holds a client's session (routes with epochs and
+//! leases), how the owner keeps its claim, and how other nodes cache and re-read routes. Node
+//! membership records with leases are [`crate::control::NodeRecord`].
+
+pub mod route;
+
+pub use route::{
+    ClientRoute, Ownership, OwnershipEvent, RenewError, RouteCache, RouteConflict, RouteLookup,
+};
