@@ -205,8 +205,20 @@ impl Hub {
     }
 
     /// Records a connection change; on a reconnect every subscription is told to resync.
+    /// `Closed` is final: a late event from a transport shutting down cannot undo it.
     pub(crate) fn set_state(&self, state: ConnectionState) {
-        let previous = self.state.send_replace(state);
+        let mut previous = state;
+        self.state.send_if_modified(|current| {
+            previous = *current;
+            if *current == ConnectionState::Closed || *current == state {
+                return false;
+            }
+            *current = state;
+            true
+        });
+        if previous == ConnectionState::Closed {
+            return;
+        }
         if state != ConnectionState::Connected {
             self.active.send_replace(TopicSet::EMPTY);
         }
@@ -381,5 +393,88 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.unsubscribe();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(8, "p.".into(), ConnectionState::Connecting)
+    }
+
+    fn me() -> NodeId {
+        NodeId::parse("me").unwrap()
+    }
+
+    #[test]
+    fn wanted_is_the_union_of_live_subscriptions() {
+        let hub = hub();
+        let wanted = hub.wanted();
+        let a = hub
+            .register(&[Topic::ClientOnline], me(), InboxConfig::default())
+            .unwrap();
+        let mut b = hub
+            .register(&[Topic::NodeShutdown], me(), InboxConfig::default())
+            .unwrap();
+        assert_eq!(
+            *wanted.borrow(),
+            TopicSet::of(&[Topic::ClientOnline, Topic::NodeShutdown])
+        );
+        b.unsubscribe();
+        assert_eq!(*wanted.borrow(), TopicSet::of(&[Topic::ClientOnline]));
+        drop(a);
+        assert_eq!(*wanted.borrow(), TopicSet::EMPTY);
+    }
+
+    #[tokio::test]
+    async fn only_a_reconnect_interrupts_and_closed_is_final() {
+        let hub = hub();
+        let mut sub = hub
+            .register(&[Topic::ClientOnline], me(), InboxConfig::default())
+            .unwrap();
+        hub.set_state(ConnectionState::Connected);
+        hub.set_state(ConnectionState::Reconnecting);
+        hub.set_state(ConnectionState::Connected);
+        assert_eq!(
+            sub.recv().await,
+            Some(BrokerEvent::Resync(ResyncReason::Reconnected))
+        );
+        assert_eq!(hub.stats().reconnects, 1);
+        hub.close();
+        hub.set_state(ConnectionState::Reconnecting);
+        assert_eq!(hub.state(), ConnectionState::Closed);
+        assert_eq!(sub.recv().await, None);
+        assert!(matches!(
+            hub.register(&[Topic::ClientOnline], me(), InboxConfig::default()),
+            Err(BrokerError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn malformed_and_misrouted_messages_are_counted_not_delivered() {
+        use tunnox_core::broker::{Origin, Publisher};
+        use tunnox_core::control::UnixMillis;
+        let hub = hub();
+        let mut sub = hub
+            .register(&[Topic::ClientOnline], me(), InboxConfig::default())
+            .unwrap();
+        let mut publisher = Publisher::new(Origin {
+            node: NodeId::parse("a").unwrap(),
+            incarnation: 1,
+        });
+        let e = publisher
+            .stamp(Topic::ClientOnline, UnixMillis(0), Bytes::new())
+            .unwrap();
+        hub.deliver_raw("p.client.online", e.encode());
+        hub.deliver_raw("p.client.offline", e.encode()); // wrong channel
+        hub.deliver_raw("other.client.online", e.encode()); // wrong prefix
+        hub.deliver_raw("p.client.online", Bytes::from_static(b"\xff\xff"));
+        let stats = hub.stats();
+        assert_eq!((stats.received, stats.malformed), (4, 3));
+        assert_eq!(sub.recv().await, Some(BrokerEvent::Message(e)));
+        sub.unsubscribe();
+        assert_eq!(sub.recv().await, None, "nothing else was queued");
     }
 }
