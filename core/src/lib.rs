@@ -6,6 +6,7 @@
 //! a socket, spawns a thread or asks the OS for randomness; `tests/purity.rs` enforces it.
 
 pub mod agent;
+pub mod broker;
 pub mod cluster;
 pub mod control;
 pub mod digest;

@@ -1,11 +1,18 @@
 //! Protobuf schemas of tunnox, compiled with prost (codegen by protox: no system `protoc`).
 //!
-//! `wire` holds the control messages carried in client<->node frames (see `tunnox_core::wire`).
+//! `wire` holds the control messages carried in client<->node frames (see `tunnox_core::wire`);
+//! `broker` holds the envelope of node<->node broker messages (see `tunnox_core::broker`).
 
 /// Control messages of the client<->node protocol, version 1.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/tunnox.wire.v1.rs"));
+}
+
+/// The envelope of messages between nodes on the cluster broker, version 1.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod broker {
+    include!(concat!(env!("OUT_DIR"), "/tunnox.broker.v1.rs"));
 }
 
 pub use prost::Message;

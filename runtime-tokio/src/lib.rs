@@ -2,11 +2,13 @@
 //!
 //! [`node::NodeDriver`] runs a `Node` over TCP (client connections, node-port visitors),
 //! [`agent::AgentDriver`] runs an `Agent` (its node connection, listeners, target dials);
-//! [`storage`] keeps a node's control state across restarts. Each driver is one task owning its
+//! [`storage`] keeps a node's control state across restarts; [`broker`] carries pub/sub between
+//! the nodes of a cluster (memory, Redis, NATS). Each driver is one task owning its
 //! state machine; every socket is a reader task (pausable, so back-pressure stops reading) and a
 //! writer task. TLS, the CLI and the configuration come with the rest of the single-node issue.
 
 pub mod agent;
+pub mod broker;
 pub mod clock;
 pub mod node;
 pub mod socket;
