@@ -42,3 +42,48 @@ pub fn wall_now() -> UnixMillis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     UnixMillis(millis)
 }
+
+/// A [`Clock`] that also converts the core's instants to and from wall-clock unix milliseconds,
+/// for times shared with other processes (cache entries in Redis).
+#[derive(Debug, Clone, Copy)]
+pub struct WallClock {
+    clock: Clock,
+    /// Wall-clock time at the clock's origin.
+    origin_unix_ms: u64,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::new()
+    }
+}
+
+/// Nanoseconds in a millisecond.
+const NANOS_PER_MS: u64 = 1_000_000;
+
+impl WallClock {
+    /// A clock whose origin is now.
+    pub fn new() -> WallClock {
+        WallClock {
+            clock: Clock::new(),
+            origin_unix_ms: wall_now().0,
+        }
+    }
+
+    /// The core's `now`.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// `at` as unix milliseconds (rounded down).
+    pub fn to_unix_ms(&self, at: Instant) -> u64 {
+        self.origin_unix_ms
+            .saturating_add(at.as_nanos() / NANOS_PER_MS)
+    }
+
+    /// Unix milliseconds `unix_ms` as a core instant (times before the origin become the origin).
+    pub fn from_unix_ms(&self, unix_ms: u64) -> Instant {
+        let since_origin_ms = unix_ms.saturating_sub(self.origin_unix_ms);
+        Instant::from_nanos(since_origin_ms.saturating_mul(NANOS_PER_MS))
+    }
+}

@@ -2,8 +2,9 @@
 //!
 //! [`node::NodeDriver`] runs a `Node` over TCP (client connections, node-port visitors),
 //! [`agent::AgentDriver`] runs an `Agent` (its node connection, listeners, target dials);
-//! [`storage`] keeps a node's control state across restarts; [`broker`] carries pub/sub between
-//! the nodes of a cluster (memory, Redis, NATS). Each driver is one task owning its
+//! [`storage`] keeps a node's control state across restarts and holds the key/value `Storage`
+//! backends (memory, Redis, and a Redis cache in front of either); [`broker`] carries pub/sub
+//! between the nodes of a cluster (memory, Redis, NATS). Each driver is one task owning its
 //! state machine; every socket is a reader task (pausable, so back-pressure stops reading) and a
 //! writer task. TLS, the CLI and the configuration come with the rest of the single-node issue.
 

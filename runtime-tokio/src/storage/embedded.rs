@@ -1,10 +1,12 @@
 //! The embedded redb store.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 use tunnox_core::node::{ControlState, StateChange};
+
+use super::StorageError;
 
 /// Users by id.
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
@@ -17,32 +19,6 @@ const CODES: TableDefinition<&str, &[u8]> = TableDefinition::new("codes");
 
 /// The schema version written with every value.
 const VALUE_VERSION: u32 = 1;
-
-/// Why the store failed. Nothing acknowledged is lost on an error: a failed batch is not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    /// The database file could not be opened or created.
-    #[error("cannot open the store at {path}: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// What redb said.
-        source: redb::DatabaseError,
-    },
-    /// A read or write failed.
-    #[error("store operation failed: {0}")]
-    Io(#[from] redb::Error),
-    /// A stored value does not decode (corrupt file, or written by an incompatible version).
-    #[error("corrupt value in table {table} at key {key}: {reason}")]
-    Corrupt {
-        /// The table.
-        table: &'static str,
-        /// The key.
-        key: String,
-        /// What went wrong.
-        reason: String,
-    },
-}
 
 /// A value as stored: a schema version and the serde form of the value.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -217,6 +193,8 @@ impl EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use tunnox_core::control::{
         AuthKey, ClientId, ClientRecord, Code, CodeRequest, ConnectionCode, Entry, Mapping,
         MappingId, MappingOptions, MappingStatus, Protocol, Quota, Target, UnixMillis, User,

@@ -51,6 +51,11 @@ pub async fn service(service: Service, test: &str) -> Option<SocketAddr> {
         Err(_) => "no answer within 2 s".to_owned(),
     };
     let message = format!("{} is not reachable at {addr} ({reason})", service.name());
+    skip_or_fail(test, &message)
+}
+
+/// Fails the test when `TUNNOX_REQUIRE_SERVICES=1`, else prints why `test` is skipped.
+fn skip_or_fail<T>(test: &str, message: &str) -> Option<T> {
     if std::env::var(REQUIRE_SERVICES).is_ok_and(|v| v == "1") {
         panic!("{message}, and {REQUIRE_SERVICES}=1 requires it");
     }
@@ -59,6 +64,53 @@ pub async fn service(service: Service, test: &str) -> Option<SocketAddr> {
     let line = format!("SKIPPED {test}: {message}; set {REQUIRE_SERVICES}=1 to fail instead\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     None
+}
+
+/// The Redis URL for `test` (`TUNNOX_REDIS_ADDR` overrides 127.0.0.1:6379), or `None` after
+/// printing why it is skipped; fails instead when services are required.
+pub fn redis_url(test: &str) -> Option<String> {
+    let addr = std::env::var("TUNNOX_REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".into());
+    let reachable = addr
+        .parse::<SocketAddr>()
+        .map_err(|e| e.to_string())
+        .and_then(|sock| {
+            std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))
+                .map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Some(format!("redis://{addr}/")),
+        Err(why) => skip_or_fail(test, &format!("Redis is not reachable at {addr} ({why})")),
+    }
+}
+
+/// A key prefix no other test run uses: `tunnox:test:<test>:<pid>:<nanos>:<n>:`.
+pub fn unique_key_prefix(test: &str) -> String {
+    let channel = unique_prefix();
+    format!("tunnox:test:{test}:{}:", channel.trim_end_matches('.'))
+}
+
+/// Deletes every Redis key under `prefix` (best effort).
+pub async fn remove_prefix(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut con) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut con)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut con).await;
+    }
+}
+
+/// An address on loopback where nothing listens.
+pub fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
 }
 
 /// A channel prefix no other test or run uses: `tunnox-test-<pid>-<nanos>-<n>.`

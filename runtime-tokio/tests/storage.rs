@@ -1,0 +1,491 @@
+//! The key/value storage backends against the real Redis: every operation on memory and Redis
+//! (one test body), versions, the cache-aside race refused by the real Lua script, a down source
+//! (degraded reads, failed writes, nothing acknowledged lost) and a down cache (fall-through).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod services;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tunnox_core::storage::{CacheAside, CachePolicy, Lookup, Versioned};
+use tunnox_runtime_tokio::clock::WallClock;
+use tunnox_runtime_tokio::storage::{
+    HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, Storage, StorageError,
+};
+
+fn b(text: &'static str) -> Bytes {
+    Bytes::from_static(text.as_bytes())
+}
+
+fn config(url: &str, prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: url.to_owned(),
+        key_prefix: prefix.to_owned(),
+        deadline: Duration::from_secs(2),
+    }
+}
+
+/// Every operation of the interface, with its edge cases.
+async fn exercise(store: &impl Storage) {
+    // get / set / exists / delete.
+    assert_eq!(store.get("a").await.unwrap(), None);
+    assert!(!store.exists("a").await.unwrap());
+    store.set("a", b("1"), None).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), Some(b("1")));
+    assert!(store.exists("a").await.unwrap());
+    store.set("a", b("2"), None).await.unwrap();
+    assert_eq!(store.get("a").await.unwrap(), Some(b("2")));
+    assert!(store.delete("a").await.unwrap());
+    assert!(!store.delete("a").await.unwrap());
+    assert_eq!(store.get("a").await.unwrap(), None);
+
+    // Binary values survive.
+    let binary = Bytes::from(vec![0u8, 255, 10, 13, 0]);
+    store.set("bin", binary.clone(), None).await.unwrap();
+    assert_eq!(store.get("bin").await.unwrap(), Some(binary));
+
+    // set_if_absent.
+    assert!(store.set_if_absent("nx", b("first"), None).await.unwrap());
+    assert!(!store.set_if_absent("nx", b("second"), None).await.unwrap());
+    assert_eq!(store.get("nx").await.unwrap(), Some(b("first")));
+
+    // incr.
+    assert_eq!(store.incr("n", 5).await.unwrap(), 5);
+    assert_eq!(store.incr("n", -7).await.unwrap(), -2);
+    assert_eq!(store.get("n").await.unwrap(), Some(b("-2")));
+    store.set("word", b("abc"), None).await.unwrap();
+    assert!(matches!(
+        store.incr("word", 1).await,
+        Err(StorageError::NotAnInteger { .. })
+    ));
+    store
+        .set("big", Bytes::from(i64::MAX.to_string()), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.incr("big", 1).await,
+        Err(StorageError::NotAnInteger { .. })
+    ));
+
+    // TTLs: a key expires; set_if_absent takes an expired key; incr keeps the TTL.
+    store
+        .set("ttl", b("x"), Some(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_if_absent("ttl-nx", b("y"), Some(Duration::from_millis(150)))
+            .await
+            .unwrap()
+    );
+    assert!(store.exists("ttl-nx").await.unwrap());
+    store
+        .set("ttl-n", b("1"), Some(Duration::from_millis(150)))
+        .await
+        .unwrap();
+    assert_eq!(store.incr("ttl-n", 1).await.unwrap(), 2);
+    assert!(store.exists("ttl").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get("ttl").await.unwrap(), None);
+    assert!(!store.exists("ttl-nx").await.unwrap());
+    assert_eq!(store.get("ttl-n").await.unwrap(), None, "incr kept the TTL");
+    assert!(store.set_if_absent("ttl", b("again"), None).await.unwrap());
+
+    // Batches.
+    store
+        .set_many(&[("m1", b("one")), ("m2", b("two"))], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_many(&["m1", "missing", "m2"]).await.unwrap(),
+        vec![Some(b("one")), None, Some(b("two"))]
+    );
+    assert_eq!(
+        store.get_many(&[]).await.unwrap(),
+        Vec::<Option<Bytes>>::new()
+    );
+    assert_eq!(
+        store.delete_many(&["m1", "missing", "m2"]).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.get_many(&["m1", "m2"]).await.unwrap(),
+        vec![None, None]
+    );
+    store
+        .set_many(&[("mt", b("t"))], Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.get("mt").await.unwrap(), None);
+
+    // Versions: every write raises them, a delete too, and they never go back.
+    let absent = store.get_versioned("v").await.unwrap();
+    assert_eq!(absent.value, None);
+    let v1 = store.set_versioned("v", b("one")).await.unwrap();
+    assert!(v1.version > absent.version);
+    assert_eq!(v1.value, Some(b("one")));
+    let v2 = store.set_versioned("v", b("two")).await.unwrap();
+    assert!(v2.version > v1.version);
+    assert_eq!(store.get_versioned("v").await.unwrap(), v2);
+    assert_eq!(store.get("v").await.unwrap(), Some(b("two")));
+    let deleted = store.delete_versioned("v").await.unwrap();
+    assert!(deleted.version > v2.version);
+    assert_eq!(deleted.value, None);
+    let read = store.get_versioned("v").await.unwrap();
+    assert!(read.version >= deleted.version && read.value.is_none());
+    let v3 = store.set_versioned("v", b("three")).await.unwrap();
+    assert!(v3.version > deleted.version, "versions survive a delete");
+    store.set("v", b("plain"), None).await.unwrap();
+    let plain = store.get_versioned("v").await.unwrap();
+    assert!(plain.version > v3.version, "a plain set raises the version");
+    store.set("v", b("7"), None).await.unwrap();
+    let before = store.get_versioned("v").await.unwrap().version;
+    store.incr("v", 1).await.unwrap();
+    assert!(
+        store.get_versioned("v").await.unwrap().version > before,
+        "incr too"
+    );
+    store.delete("v").await.unwrap();
+    assert!(store.get_versioned("v").await.unwrap().version > before);
+}
+
+#[tokio::test]
+async fn every_operation_on_memory_storage() {
+    exercise(&MemoryStorage::new()).await;
+}
+
+#[tokio::test]
+async fn every_operation_on_redis_storage() {
+    let Some(url) = services::redis_url("every_operation_on_redis_storage") else {
+        return;
+    };
+    let prefix = services::unique_key_prefix("ops");
+    let store = RedisStorage::open(&config(&url, &prefix)).unwrap();
+    exercise(&store).await;
+    // Two handles on one prefix share keys and one version counter.
+    let other = RedisStorage::open(&config(&url, &prefix)).unwrap();
+    let mine = store.set_versioned("shared", b("x")).await.unwrap();
+    assert_eq!(other.get_versioned("shared").await.unwrap(), mine);
+    let theirs = other.set_versioned("elsewhere", b("y")).await.unwrap();
+    assert!(theirs.version > mine.version);
+    services::remove_prefix(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn every_operation_through_hybrid_storage() {
+    let Some(url) = services::redis_url("every_operation_through_hybrid_storage") else {
+        return;
+    };
+    let prefix = services::unique_key_prefix("hybrid-ops");
+    let cache = RedisCache::open(&config(&url, &prefix), WallClock::new()).unwrap();
+    // A freshness shorter than the TTLs the test body waits out.
+    let policy = CachePolicy {
+        entry_ttl: Duration::from_millis(50),
+        stale_grace: Duration::from_secs(5),
+    };
+    let hybrid = HybridStorage::new(MemoryStorage::new(), cache, policy);
+    exercise(&hybrid).await;
+    let stats = hybrid.stats();
+    assert!(stats.cache.hits > 0 && stats.cache.misses > 0, "{stats:?}");
+    assert_eq!(stats.cache_errors, 0, "{stats:?}");
+    services::remove_prefix(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_slow_fill_of_an_older_version_is_refused_by_the_lua_script() {
+    let Some(url) = services::redis_url("a_slow_fill_of_an_older_version_is_refused") else {
+        return;
+    };
+    let prefix = services::unique_key_prefix("race");
+    let clock = WallClock::new();
+    let policy = CachePolicy::default();
+    let source = RedisStorage::open(&config(&url, &prefix)).unwrap();
+    let cache = RedisCache::open(&config(&url, &prefix), clock).unwrap();
+    let hybrid = HybridStorage::new(source.clone(), cache.clone(), policy);
+
+    let old = source.set_versioned("k", b("old")).await.unwrap();
+    // A reader misses and reads version `old` from the source…
+    let mut reader = CacheAside::new(policy);
+    let (lookup, ticket) = reader.lookup(clock.now(), cache.lookup("k").await.unwrap());
+    assert_eq!(lookup, Lookup::Miss);
+    let read = source.get_versioned("k").await.unwrap();
+    assert_eq!(read, old);
+    // …a writer writes a newer version through the hybrid (source, then cache)…
+    let new = hybrid.set_versioned("k", b("new")).await.unwrap();
+    assert!(new.version > old.version);
+    // …and the reader's fill lands last: the script refuses it.
+    let (_, fill) = reader.source_read(clock.now(), ticket, Ok(read));
+    let fill = fill.expect("a fill is offered");
+    assert_eq!(fill.version, old.version);
+    assert!(
+        !cache.offer("k", &fill, clock.now()).await.unwrap(),
+        "stale fill refused"
+    );
+    let held = cache.lookup("k").await.unwrap().unwrap();
+    assert_eq!(
+        (held.version, held.value.clone()),
+        (new.version, Some(b("new")))
+    );
+    assert_eq!(hybrid.get("k").await.unwrap(), Some(b("new")));
+    assert_eq!(hybrid.stats().cache.hits, 1);
+
+    // The same version is refused too; a newer one replaces; a deletion is cached as such.
+    let same = tunnox_core::storage::CacheEntry {
+        value: Some(b("impostor")),
+        ..held.clone()
+    };
+    assert!(!cache.offer("k", &same, clock.now()).await.unwrap());
+    let gone = hybrid.delete_versioned("k").await.unwrap();
+    let held = cache.lookup("k").await.unwrap().unwrap();
+    assert_eq!((held.version, held.value), (gone.version, None));
+    assert_eq!(hybrid.get("k").await.unwrap(), None);
+    // Redis drops the entry itself at keep_until.
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}cache:k"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let keep = policy.entry_ttl + policy.stale_grace;
+    assert!(
+        ttl_ms > 0 && ttl_ms <= keep.as_millis() as i64,
+        "PTTL {ttl_ms}"
+    );
+    services::remove_prefix(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_cache_entry_is_a_typed_error_and_gets_replaced() {
+    let Some(url) = services::redis_url("a_corrupt_cache_entry_is_a_typed_error") else {
+        return;
+    };
+    let prefix = services::unique_key_prefix("corrupt");
+    let cache = RedisCache::open(&config(&url, &prefix), WallClock::new()).unwrap();
+    let mut con = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}cache:k"))
+        .arg(&["v", "not-a-number", "f", "1"])
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(matches!(
+        cache.lookup("k").await,
+        Err(StorageError::Corrupt { .. })
+    ));
+    let source = MemoryStorage::new();
+    source.set("k", b("truth"), None).await.unwrap();
+    let hybrid = HybridStorage::new(source, cache.clone(), CachePolicy::default());
+    assert_eq!(hybrid.get("k").await.unwrap(), Some(b("truth")));
+    assert_eq!(hybrid.stats().cache_errors, 1);
+    let held = cache.lookup("k").await.unwrap().unwrap();
+    assert_eq!(held.value, Some(b("truth")));
+    services::remove_prefix(&url, &prefix).await;
+}
+
+/// A source that can be switched off: then every call fails as unavailable.
+struct Switchable<S> {
+    inner: S,
+    up: AtomicBool,
+}
+
+impl<S> Switchable<S> {
+    fn new(inner: S) -> Switchable<S> {
+        Switchable {
+            inner,
+            up: AtomicBool::new(true),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+    }
+
+    fn check(&self) -> Result<(), StorageError> {
+        if self.up.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StorageError::Unavailable {
+                backend: "switched-off source",
+                reason: "switched off by the test".into(),
+            })
+        }
+    }
+}
+
+impl<S: Storage> Storage for Switchable<S> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        self.check()?;
+        self.inner.get(key).await
+    }
+    async fn set(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.set(key, value, ttl).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.delete(key).await
+    }
+    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.exists(key).await
+    }
+    async fn set_if_absent(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.set_if_absent(key, value, ttl).await
+    }
+    async fn incr(&self, key: &str, by: i64) -> Result<i64, StorageError> {
+        self.check()?;
+        self.inner.incr(key, by).await
+    }
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>, StorageError> {
+        self.check()?;
+        self.inner.get_many(keys).await
+    }
+    async fn set_many(
+        &self,
+        pairs: &[(&str, Bytes)],
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.set_many(pairs, ttl).await
+    }
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.delete_many(keys).await
+    }
+    async fn get_versioned(&self, key: &str) -> Result<Versioned, StorageError> {
+        self.check()?;
+        self.inner.get_versioned(key).await
+    }
+    async fn set_versioned(&self, key: &str, value: Bytes) -> Result<Versioned, StorageError> {
+        self.check()?;
+        self.inner.set_versioned(key, value).await
+    }
+    async fn delete_versioned(&self, key: &str) -> Result<Versioned, StorageError> {
+        self.check()?;
+        self.inner.delete_versioned(key).await
+    }
+}
+
+#[tokio::test]
+async fn a_down_source_serves_degraded_reads_fails_writes_and_loses_nothing_acknowledged() {
+    let Some(url) = services::redis_url("a_down_source_serves_degraded_reads") else {
+        return;
+    };
+    let prefix = services::unique_key_prefix("source-down");
+    let cache = RedisCache::open(&config(&url, &prefix), WallClock::new()).unwrap();
+    let policy = CachePolicy {
+        entry_ttl: Duration::from_millis(100),
+        stale_grace: Duration::from_secs(30),
+    };
+    let hybrid = HybridStorage::new(Switchable::new(MemoryStorage::new()), cache, policy);
+
+    // Acknowledged while up: (key, value) the store must keep.
+    let mut acknowledged: Vec<(String, Option<Bytes>)> = Vec::new();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        let value = Bytes::from(format!("value {i}"));
+        hybrid.set(&key, value.clone(), None).await.unwrap();
+        acknowledged.push((key, Some(value)));
+    }
+    hybrid.delete("k4").await.unwrap();
+    acknowledged[4].1 = None;
+
+    hybrid.source().set_up(false);
+    tokio::time::sleep(Duration::from_millis(200)).await; // past freshness, within the grace
+    for (key, value) in &acknowledged {
+        assert_eq!(
+            &hybrid.get(key).await.unwrap(),
+            value,
+            "degraded read of {key}"
+        );
+    }
+    assert_eq!(hybrid.stats().cache.degraded_reads, 5);
+    // Never cached: no answer, and a clear error.
+    let err = hybrid.get("never-cached").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert_eq!(hybrid.stats().cache.unavailable_reads, 1);
+    // Writes fail, and are not acknowledged.
+    let err = hybrid.set("k0", b("lost"), None).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(hybrid.set_versioned("k9", b("lost")).await.is_err());
+    assert!(hybrid.incr("n", 1).await.is_err());
+    assert!(hybrid.delete("k1").await.is_err());
+    assert_eq!(hybrid.stats().cache.failed_writes, 4);
+    // The cache still answers with the acknowledged value, not the failed write's.
+    assert_eq!(hybrid.get("k0").await.unwrap(), Some(b("value 0")));
+
+    hybrid.source().set_up(true);
+    for (key, value) in &acknowledged {
+        assert_eq!(
+            &hybrid.get(key).await.unwrap(),
+            value,
+            "after the outage: {key}"
+        );
+        assert_eq!(
+            &hybrid.source().get(key).await.unwrap(),
+            value,
+            "at the source: {key}"
+        );
+    }
+    assert_eq!(
+        hybrid.get("k9").await.unwrap(),
+        None,
+        "a failed write stays undone"
+    );
+    // Writes work again.
+    hybrid.set("k0", b("later"), None).await.unwrap();
+    assert_eq!(hybrid.get("k0").await.unwrap(), Some(b("later")));
+    services::remove_prefix(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_down_cache_falls_through_to_the_source() {
+    // Needs no Redis: the cache points at a port where nothing listens.
+    let closed = services::closed_port();
+    let mut down = config(&format!("redis://{closed}/"), "tunnox:");
+    down.deadline = Duration::from_millis(300);
+    let cache = RedisCache::open(&down, WallClock::new()).unwrap();
+    let hybrid = HybridStorage::new(MemoryStorage::new(), cache, CachePolicy::default());
+
+    hybrid.set("k", b("v"), None).await.unwrap();
+    assert_eq!(hybrid.get("k").await.unwrap(), Some(b("v")));
+    assert!(hybrid.set_if_absent("nx", b("1"), None).await.unwrap());
+    assert_eq!(hybrid.incr("n", 2).await.unwrap(), 2);
+    assert!(hybrid.delete("k").await.unwrap());
+    assert_eq!(hybrid.get("k").await.unwrap(), None);
+    let stats = hybrid.stats();
+    assert_eq!(stats.cache.hits, 0);
+    assert_eq!(stats.cache.misses, 2);
+    // Each read: a failed lookup and a failed fill; each write: a failed update.
+    assert!(stats.cache_errors >= 6, "{stats:?}");
+
+    // And the Redis store itself reports the outage as a typed error.
+    let store = RedisStorage::open(&down).unwrap();
+    let err = store.get("k").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let err = store.set_versioned("k", b("v")).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+}
