@@ -118,6 +118,59 @@ pub trait Broker: Send + Sync {
     fn origin(&self) -> &Origin;
 }
 
+/// A broker over a network connection (Redis, NATS): the parts they share, and how each sends.
+/// Every such transport is a [`Broker`].
+trait RemoteTransport: Send + Sync {
+    /// The broker's settings.
+    fn config(&self) -> &BrokerConfig;
+    /// The subscriptions and connection state.
+    fn hub(&self) -> &std::sync::Arc<hub::Hub>;
+    /// Stamps outgoing envelopes.
+    fn publisher(&self) -> &tokio::sync::Mutex<tunnox_core::broker::Publisher>;
+    /// Who this broker publishes as.
+    fn sender(&self) -> &Origin;
+    /// Sends one envelope.
+    fn send(&self, envelope: &Envelope) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}
+
+impl<T: RemoteTransport> Broker for T {
+    async fn publish(&self, topic: Topic, payload: Bytes) -> Result<Envelope, BrokerError> {
+        // Held across the send so that sequence order is wire order.
+        let mut publisher = self.publisher().lock().await;
+        let envelope = publisher.stamp(topic, crate::clock::wall_now(), payload)?;
+        self.send(&envelope).await?;
+        Ok(envelope)
+    }
+
+    async fn publish_envelope(&self, envelope: &Envelope) -> Result<(), BrokerError> {
+        self.send(envelope).await
+    }
+
+    async fn subscribe(&self, topics: &[Topic]) -> Result<Subscription, BrokerError> {
+        let subscription = self.hub().register(
+            topics,
+            self.sender().node.clone(),
+            self.config().inbox.clone(),
+        )?;
+        self.hub()
+            .until_subscribed(topics, self.config().request_timeout)
+            .await?;
+        Ok(subscription)
+    }
+
+    fn connection_state(&self) -> watch::Receiver<ConnectionState> {
+        self.hub().watch_state()
+    }
+
+    fn stats(&self) -> BrokerStats {
+        self.hub().stats()
+    }
+
+    fn origin(&self) -> &Origin {
+        self.sender()
+    }
+}
+
 /// Which transport carries the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerKind {

@@ -17,13 +17,12 @@ use redis::aio::{MultiplexedConnection, PubSub, PubSubSink};
 use redis::{AsyncConnectionConfig, ConnectionAddr};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
-use tunnox_core::broker::{Envelope, Origin, Publisher, Topic, TopicSet};
+use tunnox_core::broker::{Envelope, Origin, Publisher, TopicSet};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::Backoff;
 
-use super::hub::{BrokerStats, Hub, Subscription};
-use super::{Broker, BrokerConfig, BrokerError, BrokerKind, ConnectionState};
-use crate::clock::wall_now;
+use super::hub::Hub;
+use super::{BrokerConfig, BrokerError, BrokerKind, ConnectionState, RemoteTransport};
 
 /// A broker over Redis pub/sub (cheap to clone: clones share connections and publish as the same
 /// origin).
@@ -165,43 +164,21 @@ impl RedisBroker {
     }
 }
 
-impl Broker for RedisBroker {
-    async fn publish(&self, topic: Topic, payload: Bytes) -> Result<Envelope, BrokerError> {
-        // Held across the send so that sequence order is wire order.
-        let mut publisher = self.inner.publisher.lock().await;
-        let envelope = publisher.stamp(topic, wall_now(), payload)?;
-        self.send(&envelope).await?;
-        Ok(envelope)
+impl RemoteTransport for RedisBroker {
+    fn config(&self) -> &BrokerConfig {
+        &self.inner.config
     }
-
-    async fn publish_envelope(&self, envelope: &Envelope) -> Result<(), BrokerError> {
-        self.send(envelope).await
+    fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
     }
-
-    async fn subscribe(&self, topics: &[Topic]) -> Result<Subscription, BrokerError> {
-        let inner = &self.inner;
-        let subscription = inner.hub.register(
-            topics,
-            inner.origin.node.clone(),
-            inner.config.inbox.clone(),
-        )?;
-        inner
-            .hub
-            .until_subscribed(topics, inner.config.request_timeout)
-            .await?;
-        Ok(subscription)
+    fn publisher(&self) -> &Mutex<Publisher> {
+        &self.inner.publisher
     }
-
-    fn connection_state(&self) -> watch::Receiver<ConnectionState> {
-        self.inner.hub.watch_state()
-    }
-
-    fn stats(&self) -> BrokerStats {
-        self.inner.hub.stats()
-    }
-
-    fn origin(&self) -> &Origin {
+    fn sender(&self) -> &Origin {
         &self.inner.origin
+    }
+    async fn send(&self, envelope: &Envelope) -> Result<(), BrokerError> {
+        RedisBroker::send(self, envelope).await
     }
 }
 
