@@ -326,20 +326,18 @@ impl AgentDriver {
     /// Writes everything the agent has to send (frames for the session socket as one batch)
     /// and carries out its outputs.
     fn flush(&mut self) {
-        let mut batch_for = None;
         loop {
             if let Some((attempt, t)) = self.agent.poll_transmit() {
-                let id = self.attempt_socket.get(&attempt).copied();
-                if batch_for != id {
-                    self.send_outbox(batch_for);
-                    batch_for = id;
-                }
-                if id.is_some() {
-                    self.outbox.push(t);
+                if let Some(&id) = self.attempt_socket.get(&attempt)
+                    && let Some((id, chunks)) = self.outbox.push(id, t)
+                {
+                    self.write(id, chunks);
                 }
                 continue;
             }
-            self.send_outbox(batch_for.take());
+            if let Some((id, chunks)) = self.outbox.take() {
+                self.write(id, chunks);
+            }
             let Some(output) = self.agent.poll_output() else {
                 return;
             };
@@ -347,28 +345,13 @@ impl AgentDriver {
         }
     }
 
-    /// Queues the gathered frames on socket `id`.
-    fn send_outbox(&mut self, id: Option<SocketId>) {
-        if self.outbox.is_empty() {
-            return;
-        }
-        let chunks = self.outbox.take();
-        if let Some(id) = id {
-            let written = self
-                .sockets
-                .get_mut(id)
-                .map(|(s, _)| s.write_chunks(chunks));
-            self.after_write(id, written);
-        }
-    }
-
-    fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let written = self.sockets.get_mut(id).map(|(s, _)| s.write(bytes));
-        self.after_write(id, written);
-    }
-
-    fn after_write(&mut self, id: SocketId, written: Option<Result<usize, Stuck>>) {
-        match written {
+    /// Writes `chunks` to socket `id` (directly, or queued on its writer task).
+    fn write(&mut self, id: SocketId, chunks: Vec<Bytes>) {
+        match self
+            .sockets
+            .get_mut(id)
+            .map(|(s, _)| s.write_chunks(chunks))
+        {
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => self.flushed(id, n),
             Some(Err(Stuck)) => self.drop_broken(id),
@@ -464,7 +447,7 @@ impl AgentDriver {
             AgentOutput::Local(out) => match out {
                 LocalOutput::Write { local, bytes } => {
                     if let Some(id) = self.local_socket.get(&local).copied() {
-                        self.write(id, bytes);
+                        self.write(id, vec![bytes]);
                     }
                 }
                 LocalOutput::Finish { local } => {

@@ -360,17 +360,16 @@ impl NodeDriver {
     /// Writes everything the node has to send and carries out its outputs. Consecutive frames
     /// for one connection go to its socket as one batch.
     fn flush(&mut self) {
-        let mut batch_for = None;
         loop {
             if let Some((conn, t)) = self.node.poll_transmit() {
-                if batch_for != Some(conn) {
-                    self.send_outbox(batch_for);
-                    batch_for = Some(conn);
+                if let Some((id, chunks)) = self.outbox.push(conn, t) {
+                    self.write(id, chunks);
                 }
-                self.outbox.push(t);
                 continue;
             }
-            self.send_outbox(batch_for.take());
+            if let Some((id, chunks)) = self.outbox.take() {
+                self.write(id, chunks);
+            }
             let Some(output) = self.node.poll_output() else {
                 return;
             };
@@ -378,28 +377,13 @@ impl NodeDriver {
         }
     }
 
-    /// Queues the gathered frames on connection `conn`.
-    fn send_outbox(&mut self, conn: Option<SocketId>) {
-        if self.outbox.is_empty() {
-            return;
-        }
-        let chunks = self.outbox.take();
-        if let Some(conn) = conn {
-            let written = self
-                .sockets
-                .get_mut(conn)
-                .map(|(s, _)| s.write_chunks(chunks));
-            self.after_write(conn, written);
-        }
-    }
-
-    fn write(&mut self, id: SocketId, bytes: Bytes) {
-        let written = self.sockets.get_mut(id).map(|(s, _)| s.write(bytes));
-        self.after_write(id, written);
-    }
-
-    fn after_write(&mut self, id: SocketId, written: Option<Result<usize, Stuck>>) {
-        match written {
+    /// Writes `chunks` to socket `id` (directly, or queued on its writer task).
+    fn write(&mut self, id: SocketId, chunks: Vec<Bytes>) {
+        match self
+            .sockets
+            .get_mut(id)
+            .map(|(s, _)| s.write_chunks(chunks))
+        {
             Some(Ok(0)) | None => {}
             Some(Ok(n)) => self.flushed(id, n),
             Some(Err(Stuck)) => self.drop_broken(id),
@@ -427,9 +411,11 @@ impl NodeDriver {
         match output {
             NodeOutput::CloseConnection { conn } => {
                 while let Some(t) = self.node.poll_transmit_for(conn) {
-                    self.outbox.push(t);
+                    self.outbox.push(conn, t);
                 }
-                self.send_outbox(Some(conn));
+                if let Some((id, chunks)) = self.outbox.take() {
+                    self.write(id, chunks);
+                }
                 self.drop_client(conn);
             }
             NodeOutput::ListenNodePort { port, bind } => {
@@ -458,7 +444,7 @@ impl NodeDriver {
                 }
             }
             NodeOutput::Visitor(out) => match out {
-                LocalOutput::Write { local, bytes } => self.write(local, bytes),
+                LocalOutput::Write { local, bytes } => self.write(local, vec![bytes]),
                 LocalOutput::Finish { local } => {
                     if let Some((socket, _)) = self.sockets.get_mut(local) {
                         socket.shutdown();

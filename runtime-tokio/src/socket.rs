@@ -36,16 +36,25 @@ const SHARE_PAYLOAD_FROM: usize = 1024;
 
 /// Frames gathered for one socket during a flush: headers and small frames are coalesced into
 /// one buffer, large DATA payloads are passed on as they are (no copy), and the whole batch goes
-/// to the socket's writer as one queued write.
+/// to the socket as one write. Frames for another socket close the batch.
 #[derive(Debug, Default)]
 pub struct Outbox {
+    socket: Option<SocketId>,
     chunks: Vec<Bytes>,
     small: BytesMut,
 }
 
 impl Outbox {
-    /// Appends one encoded frame.
-    pub fn push(&mut self, transmit: Transmit) {
+    /// Appends one encoded frame for `socket`; returns the batch of the previous socket if this
+    /// frame starts a batch for another one.
+    pub fn push(&mut self, socket: SocketId, transmit: Transmit) -> Option<(SocketId, Vec<Bytes>)> {
+        let closed = if self.socket == Some(socket) {
+            None
+        } else {
+            let closed = self.take();
+            self.socket = Some(socket);
+            closed
+        };
         self.small.put_slice(&transmit.header);
         if transmit.payload.len() < SHARE_PAYLOAD_FROM {
             self.small.put_slice(&transmit.payload);
@@ -53,19 +62,16 @@ impl Outbox {
             self.chunks.push(self.small.split().freeze());
             self.chunks.push(transmit.payload);
         }
+        closed
     }
 
-    /// Whether nothing is gathered.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty() && self.small.is_empty()
-    }
-
-    /// Everything gathered, in order; leaves the outbox empty.
-    pub fn take(&mut self) -> Vec<Bytes> {
+    /// The batch gathered so far and its socket, in order; leaves the outbox empty.
+    pub fn take(&mut self) -> Option<(SocketId, Vec<Bytes>)> {
+        let socket = self.socket.take()?;
         if !self.small.is_empty() {
             self.chunks.push(self.small.split().freeze());
         }
-        std::mem::take(&mut self.chunks)
+        Some((socket, std::mem::take(&mut self.chunks)))
     }
 }
 
@@ -441,14 +447,9 @@ impl Socket {
         self.writer.as_ref()
     }
 
-    /// Writes `bytes`: at once when the socket is plain TCP and nothing is queued ahead, the rest
-    /// through the writer task (reported later as `Written`). Returns how many bytes were
-    /// written at once.
-    pub fn write(&mut self, bytes: Bytes) -> Result<usize, Stuck> {
-        self.write_chunks(vec![bytes])
-    }
-
-    /// Writes several chunks in order, as [`Socket::write`] does.
+    /// Writes `chunks` in order: at once when the socket is plain TCP and nothing is queued
+    /// ahead, the rest through the writer task (reported later as `Written`). Returns how many
+    /// bytes were written at once.
     pub fn write_chunks(&mut self, mut chunks: Vec<Bytes>) -> Result<usize, Stuck> {
         let mut now = 0;
         if self.queued == 0
@@ -593,10 +594,20 @@ mod tests {
         let mut expected = BytesMut::new();
         for frame in &frames {
             frame.encode().write_to(&mut expected);
-            outbox.push(frame.encode());
+            assert_eq!(
+                outbox.push(7, frame.encode()),
+                None,
+                "one socket, one batch"
+            );
         }
-        let chunks = outbox.take();
-        assert!(outbox.is_empty());
+        let (socket, chunks) = outbox.take().unwrap();
+        assert_eq!(socket, 7);
+        assert_eq!(outbox.take(), None);
+        // A frame for another socket closes the batch of the first.
+        outbox.push(1, Frame::Ping { nonce: 2 }.encode());
+        let (closed, _) = outbox.push(2, Frame::Ping { nonce: 3 }.encode()).unwrap();
+        assert_eq!(closed, 1);
+        assert_eq!(outbox.take().map(|(s, _)| s), Some(2));
         let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
         assert_eq!(joined, expected.to_vec());
         // Ping, small DATA and the large DATA's header coalesced; the large payload as it was;
@@ -627,7 +638,7 @@ mod tests {
         );
         let second = Bytes::from_static(b"second write");
         let socket = &mut table.get_mut(id).unwrap().0;
-        let direct = socket.write(first.clone()).unwrap();
+        let direct = socket.write_chunks(vec![first.clone()]).unwrap();
         assert!(
             direct > 0 && direct < first.len(),
             "8 MiB fit the kernel at once: {direct}"
@@ -636,7 +647,7 @@ mod tests {
         let mut drained = vec![0; 256 * 1024];
         peer.read_exact(&mut drained).unwrap();
         assert_eq!(
-            socket.write(second.clone()).unwrap(),
+            socket.write_chunks(vec![second.clone()]).unwrap(),
             0,
             "the second write went first"
         );
