@@ -97,6 +97,29 @@ async fn cluster(transport: Transport, names: &[&str]) -> Vec<AnyBroker> {
     brokers
 }
 
+/// Brokers "a" and "b" on one fresh channel prefix, reaching the server at `a_addr` and
+/// `b_addr` (one of them a [`CutProxy`], for a fault between that node and the server).
+async fn pair(
+    kind: fn(SocketAddr) -> BrokerKind,
+    a_addr: SocketAddr,
+    b_addr: SocketAddr,
+) -> (AnyBroker, AnyBroker) {
+    let prefix = unique_prefix();
+    let mut brokers = Vec::new();
+    for (i, (name, addr)) in [("a", a_addr), ("b", b_addr)].into_iter().enumerate() {
+        let broker = AnyBroker::connect(
+            config(kind(addr), &prefix),
+            origin(name),
+            Rng::seed_from_u64(i as u64 + 1),
+        )
+        .await
+        .unwrap();
+        brokers.push(broker);
+    }
+    let b = brokers.pop().unwrap();
+    (brokers.pop().unwrap(), b)
+}
+
 /// The next event, failing the test if none comes within [`PATIENCE`].
 async fn next(sub: &mut Subscription) -> BrokerEvent {
     tokio::time::timeout(PATIENCE, sub.recv())
@@ -451,21 +474,7 @@ async fn redis_messages_published_during_a_cut_are_lost_and_reported() {
         return;
     };
     let proxy = CutProxy::start(addr).await;
-    let prefix = unique_prefix();
-    let a = RedisBroker::connect(
-        config(redis_url(addr), &prefix),
-        origin("a"),
-        Rng::seed_from_u64(1),
-    )
-    .await
-    .unwrap();
-    let b = RedisBroker::connect(
-        config(redis_url(proxy.addr()), &prefix),
-        origin("b"),
-        Rng::seed_from_u64(2),
-    )
-    .await
-    .unwrap();
+    let (a, b) = pair(redis_url, addr, proxy.addr()).await;
     let mut sub = b.subscribe(&[Topic::ClientOnline]).await.unwrap();
     a.publish(Topic::ClientOnline, text("1")).await.unwrap();
     assert_eq!(next_message(&mut sub).await.seq, 1);
@@ -513,21 +522,7 @@ async fn redis_publish_during_a_cut_fails_and_receivers_see_the_gap() {
         return;
     };
     let proxy = CutProxy::start(addr).await;
-    let prefix = unique_prefix();
-    let a = RedisBroker::connect(
-        config(redis_url(proxy.addr()), &prefix),
-        origin("a"),
-        Rng::seed_from_u64(1),
-    )
-    .await
-    .unwrap();
-    let b = RedisBroker::connect(
-        config(redis_url(addr), &prefix),
-        origin("b"),
-        Rng::seed_from_u64(2),
-    )
-    .await
-    .unwrap();
+    let (a, b) = pair(redis_url, proxy.addr(), addr).await;
     let mut sub = b.subscribe(&[Topic::MappingDeleted]).await.unwrap();
     a.publish(Topic::MappingDeleted, text("1")).await.unwrap();
     assert_eq!(next_message(&mut sub).await.seq, 1);
@@ -697,21 +692,7 @@ async fn nats_messages_published_during_a_cut_are_lost_and_reported() {
         return;
     };
     let proxy = CutProxy::start(addr).await;
-    let prefix = unique_prefix();
-    let a = NatsBroker::connect(
-        config(nats_url(addr), &prefix),
-        origin("a"),
-        Rng::seed_from_u64(1),
-    )
-    .await
-    .unwrap();
-    let b = NatsBroker::connect(
-        config(nats_url(proxy.addr()), &prefix),
-        origin("b"),
-        Rng::seed_from_u64(2),
-    )
-    .await
-    .unwrap();
+    let (a, b) = pair(nats_url, addr, proxy.addr()).await;
     let mut sub = b.subscribe(&[Topic::ClientOnline]).await.unwrap();
     a.publish(Topic::ClientOnline, text("1")).await.unwrap();
     assert_eq!(next_message(&mut sub).await.seq, 1);
