@@ -120,6 +120,29 @@ async fn establishes(notices: &mut mpsc::Receiver<AgentOutput>, wait: Duration) 
     }
 }
 
+/// A client-port mapping from `a` to an echo service behind `b` carries `connections`
+/// concurrent connections byte-exact (`seed` names the mapping).
+async fn a_client_port_mapping_carries(
+    node: &mpsc::Sender<NodeCommand>,
+    a: ClientId,
+    b: ClientId,
+    seed: u64,
+    connections: u64,
+) {
+    let echo = echo_server().await;
+    let port = free_port();
+    let entry = Entry::ClientPort {
+        listen_client: a,
+        listen_addr: format!("127.0.0.1:{port}"),
+    };
+    let id = MappingId::generate(&mut Rng::seed_from_u64(seed));
+    let mapping = Mapping::tcp(id, entry, b, "127.0.0.1", echo.port(), wall_now());
+    put_mapping(node, mapping).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), many_connections(port, connections))
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_clients_tunnel_over_tls() {
     let (node, addr, pin) = tls_node("pinned").await;
@@ -130,18 +153,7 @@ async fn pinned_clients_tunnel_over_tls() {
     assert!(establishes(&mut na, Duration::from_secs(5)).await);
     assert!(establishes(&mut nb, Duration::from_secs(5)).await);
     std::mem::forget((na, nb));
-    let echo = echo_server().await;
-    let port = free_port();
-    let entry = Entry::ClientPort {
-        listen_client: a,
-        listen_addr: format!("127.0.0.1:{port}"),
-    };
-    let id = MappingId::generate(&mut Rng::seed_from_u64(1));
-    let mapping = Mapping::tcp(id, entry, b, "127.0.0.1", echo.port(), wall_now());
-    put_mapping(&node, mapping).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), many_connections(port, 30))
-        .await
-        .unwrap();
+    a_client_port_mapping_carries(&node, a, b, 1, 30).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,18 +254,7 @@ async fn clients_trusting_the_ca_tunnel_to_a_node_with_a_configured_certificate(
     assert!(establishes(&mut na, Duration::from_secs(5)).await);
     assert!(establishes(&mut nb, Duration::from_secs(5)).await);
     std::mem::forget((na, nb));
-    let echo = echo_server().await;
-    let port = free_port();
-    let entry = Entry::ClientPort {
-        listen_client: a,
-        listen_addr: format!("127.0.0.1:{port}"),
-    };
-    let id = MappingId::generate(&mut Rng::seed_from_u64(2));
-    let mapping = Mapping::tcp(id, entry, b, "127.0.0.1", echo.port(), wall_now());
-    put_mapping(&node, mapping).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), many_connections(port, 10))
-        .await
-        .unwrap();
+    a_client_port_mapping_carries(&node, a, b, 2, 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
