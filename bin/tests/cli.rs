@@ -131,11 +131,17 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {
-    let dir = std::env::temp_dir().join(format!("tunnox-cli-{}", std::process::id()));
+/// An empty directory of this test process named `name`.
+fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {
+    let dir = fresh_dir("tunnox-cli");
     let data = dir.join("data");
     let (a_creds, b_creds) = (dir.join("a.json"), dir.join("b.json"));
     let node_port = free_port();
@@ -237,9 +243,7 @@ fn a_client_without_a_way_to_trust_the_node_refuses_to_start() {
 
 #[test]
 fn a_node_port_mapping_from_the_config_file_reaches_a_registered_client() {
-    let dir = std::env::temp_dir().join(format!("tunnox-cli-config-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("tunnox-cli-config");
     let config = dir.join("tunnox.yaml");
     let listen = format!("127.0.0.1:{}", free_port());
     let base = format!(
@@ -316,9 +320,7 @@ fn run_to_end(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn a_node_with_a_configured_certificate_is_trusted_through_its_ca_under_the_server_name() {
-    let dir = std::env::temp_dir().join(format!("tunnox-cli-ca-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("tunnox-cli-ca");
     let (ca_pem, cert_pem, key_pem) = ca_and_node_certificate();
     let (ca, cert, key) = (
         dir.join("ca.pem"),
@@ -380,9 +382,7 @@ fn a_node_with_a_configured_certificate_is_trusted_through_its_ca_under_the_serv
 
 #[test]
 fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
-    let dir = std::env::temp_dir().join(format!("tunnox-cli-tls-errors-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("tunnox-cli-tls-errors");
     let (ca_pem, cert_pem, _) = ca_and_node_certificate();
     let (_, _, other_key_pem) = ca_and_node_certificate();
     let (ca, cert, other_key) = (
