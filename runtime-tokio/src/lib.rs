@@ -5,8 +5,9 @@
 //! [`storage`] keeps a node's control state across restarts and holds the key/value `Storage`
 //! backends (memory, Redis, and a Redis cache in front of either); [`broker`] carries pub/sub
 //! between the nodes of a cluster (memory, Redis, NATS). Each driver is one task owning its
-//! state machine; every socket is a reader task (pausable, so back-pressure stops reading) and a
-//! writer task. TLS, the CLI and the configuration come with the rest of the single-node issue.
+//! state machine; every socket is a reader task (pausable, so back-pressure stops reading), and
+//! the driver writes plain TCP sockets directly, starting a writer task only for what cannot go
+//! out at once (TLS sessions always have one). [`tls`] holds node identities and client trust.
 
 pub mod agent;
 pub mod broker;
