@@ -468,7 +468,12 @@ impl NodeDriver {
                     let _ = store.apply(std::slice::from_ref(&change));
                 }
             }
-            NodeOutput::Notice(_) => {}
+            // Cluster outputs need a bridge transport; a driver without one cannot dial.
+            NodeOutput::DialPeer { peer } => {
+                let now = self.clock.now();
+                self.node.peer_dial_failed(now, &peer);
+            }
+            NodeOutput::RouteStale { .. } | NodeOutput::Notice(_) => {}
         }
     }
 }

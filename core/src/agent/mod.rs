@@ -183,7 +183,7 @@ impl Agent {
         let backoff = Backoff::new(config.backoff.clone(), rng.fork());
         let client_id = match &config.session.identity {
             ClientIdentity::Login { client_id, .. } => Some(ClientId(*client_id)),
-            ClientIdentity::Register { .. } => None,
+            ClientIdentity::Register { .. } | ClientIdentity::Peer { .. } => None,
         };
         let mut agent = Agent {
             relays: LocalRelays::new(config.local_unflushed_bytes_max),

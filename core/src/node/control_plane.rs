@@ -103,8 +103,8 @@ impl Node {
             Some(Body::RevokeCode(revoke)) => self.revoke_code(client, wall, &revoke.code),
             None => error(ControlErrorKind::Invalid, "empty request"),
         };
-        if let Some(slot) = self.slots.get_mut(&conn) {
-            slot.session.respond(pb::ControlResponse {
+        if let Some(session) = self.accepted(conn) {
+            session.respond(pb::ControlResponse {
                 request_id: request.request_id,
                 result: Some(reply),
             });

@@ -7,6 +7,7 @@
 //! bytes to write with `poll_transmit` and everything else with `poll_output`.
 
 mod control_plane;
+mod link;
 mod state;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,15 +17,17 @@ use tunnox_proto::wire as pb;
 
 pub use state::{ControlState, StateChange};
 
+use crate::cluster::{BridgePool, PoolAction, PoolConfig};
 use crate::control::{
-    ClientId, ClientRecord, ClientSecret, ClientStatus, Entry, Mapping, MappingId, MappingStatus,
-    QuotaError, Target, UnixMillis, ValidationError,
+    AuthKey, ClientId, ClientRecord, ClientSecret, ClientStatus, Entry, Mapping, MappingId,
+    MappingStatus, NodeId, QuotaError, Target, UnixMillis, ValidationError,
 };
 use crate::mux::{MuxEvent, ReadOutcome};
 use crate::relay::{LocalId, LocalOutput, LocalRelays};
 use crate::rng::Rng;
 use crate::session::{
-    CloseReason, NodeEvent, NodeSession, NodeSessionConfig, RefuseReason, SessionRegistry,
+    ClientIdentity, ClientSession, ClientSessionConfig, CloseReason, NodeEvent, NodeSession,
+    NodeSessionConfig, RefuseReason, SessionRegistry,
 };
 use crate::time::Instant;
 use crate::tunnel::{
@@ -32,6 +35,7 @@ use crate::tunnel::{
     TunnelTable, decode_open, decode_result, encode_result,
 };
 use crate::wire::{GoAwayReason, Received, ResetReason, StreamId, Transmit};
+use link::Link;
 
 /// Identifies a client connection, chosen by the runtime (unique, never reused).
 pub type ConnId = u64;
@@ -47,6 +51,17 @@ pub struct NodeConfig {
     pub allow_registration: bool,
     /// Most bytes handed to the runtime per visitor socket and not yet flushed.
     pub visitor_unflushed_bytes_max: usize,
+    /// Cluster membership: `None` for a node on its own (peer nodes are refused).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Derived from the cluster token: bridge links between nodes prove it (never sent).
+    pub key: AuthKey,
+    /// How many bridge links to keep to each peer and how many streams each carries.
+    pub pool: PoolConfig,
 }
 
 impl NodeConfig {
@@ -57,6 +72,7 @@ impl NodeConfig {
             tunnel: TunnelConfig::default(),
             allow_registration: true,
             visitor_unflushed_bytes_max: 256 * 1024,
+            cluster: None,
         }
     }
 }
@@ -80,6 +96,18 @@ pub enum NodeOutput {
     StopNodePort {
         /// The port.
         port: u16,
+    },
+    /// Open a bridge link to a peer node: connect, then call `peer_connected` with a fresh
+    /// connection id, or `peer_dial_failed`.
+    DialPeer {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// The route of `client` proved stale (its node no longer holds it): re-read it from storage
+    /// and report it with `set_route`.
+    RouteStale {
+        /// The client.
+        client: ClientId,
     },
     /// A visitor socket operation.
     Visitor(LocalOutput),
@@ -111,6 +139,22 @@ pub enum Notice {
     /// A handshake was refused or failed.
     HandshakeFailed {
         /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: CloseReason,
+    },
+    /// A bridge link to a peer node is up.
+    PeerLinkUp {
+        /// The peer.
+        peer: NodeId,
+        /// The link's connection.
+        conn: ConnId,
+    },
+    /// A bridge link to a peer node ended.
+    PeerLinkDown {
+        /// The peer.
+        peer: NodeId,
+        /// The link's connection.
         conn: ConnId,
         /// Why.
         reason: CloseReason,
@@ -160,10 +204,14 @@ pub enum AdminError {
 /// One client connection and what hangs off it.
 #[derive(Debug)]
 struct Slot {
-    session: NodeSession,
+    session: Link,
     /// Node-port visitors whose target stream lives in this session.
     visitors: LocalRelays,
     client: Option<ClientId>,
+    /// The peer node, once a bridge link is established.
+    peer: Option<NodeId>,
+    /// The peer this node dialled, for a dialled link.
+    dialled: Option<NodeId>,
 }
 
 /// A node (see the module docs).
@@ -183,6 +231,10 @@ pub struct Node {
     visitor_slot: BTreeMap<LocalId, ConnId>,
     /// Node ports served: the mapping and the address bound.
     node_ports: BTreeMap<u16, (MappingId, Option<String>)>,
+    /// Bridge links to peer nodes.
+    pool: BridgePool,
+    /// Which peer node holds each remote client's session, as the runtime last reported.
+    routes: BTreeMap<ClientId, NodeId>,
     /// Connections that may have bytes to send.
     dirty: BTreeSet<ConnId>,
     /// Connections changed since the last `check_touched` (interior mutability: checking
@@ -207,9 +259,16 @@ impl Node {
         wall_now: UnixMillis,
         config: NodeConfig,
         state: ControlState,
-        rng: Rng,
+        mut rng: Rng,
     ) -> Node {
+        let pool_config = config
+            .cluster
+            .as_ref()
+            .map(|c| c.pool.clone())
+            .unwrap_or_default();
         let mut node = Node {
+            pool: BridgePool::new(pool_config, rng.fork()),
+            routes: BTreeMap::new(),
             tunnels: TunnelTable::new(config.tunnel.clone()),
             config,
             rng,
@@ -283,15 +342,139 @@ impl Node {
     /// A client connected.
     pub fn accept_connection(&mut self, now: Instant, conn: ConnId) {
         let session = NodeSession::new(now, self.config.session.clone(), conn, &mut self.rng);
+        self.add_slot(now, conn, Link::Accepted(session), None);
+    }
+
+    /// The session a client (or peer) opened to this node on `conn`.
+    fn accepted(&mut self, conn: ConnId) -> Option<&mut NodeSession> {
+        self.slots.get_mut(&conn).and_then(|s| s.session.accepted())
+    }
+
+    fn add_slot(&mut self, now: Instant, conn: ConnId, session: Link, dialled: Option<NodeId>) {
         self.slots.insert(
             conn,
             Slot {
                 session,
                 visitors: LocalRelays::new(self.config.visitor_unflushed_bytes_max),
                 client: None,
+                peer: None,
+                dialled,
             },
         );
         self.after_session_input(now, conn);
+    }
+
+    // ----- cluster -----
+
+    /// The connection the runtime opened after `DialPeer { peer }` is up: start a bridge link
+    /// on it. `conn` must be a fresh connection id.
+    pub fn peer_connected(&mut self, now: Instant, conn: ConnId, peer: NodeId) {
+        let Some(cluster) = &self.config.cluster else {
+            self.outputs.push_back(NodeOutput::CloseConnection { conn });
+            return;
+        };
+        let mut config = ClientSessionConfig::new(ClientIdentity::Peer {
+            node_id: self.config.session.node_id.clone(),
+            key: cluster.key.clone(),
+        });
+        config.mux = self.config.session.mux.clone();
+        config.handshake_timeout = self.config.session.handshake_timeout;
+        let session = ClientSession::new(now, config, &mut self.rng);
+        self.add_slot(now, conn, Link::Dialled(session), Some(peer));
+    }
+
+    /// The runtime could not connect to `peer` after `DialPeer`.
+    pub fn peer_dial_failed(&mut self, now: Instant, peer: &NodeId) {
+        self.pool.dial_failed(now, peer);
+        self.run_pool_actions(now);
+    }
+
+    /// `peer` is a live member of the cluster (its record's lease holds): keep links to it.
+    pub fn peer_up(&mut self, now: Instant, peer: &NodeId) {
+        if self.config.cluster.is_some() && peer.as_str() != self.config.session.node_id {
+            self.pool.peer_up(now, peer);
+            self.run_pool_actions(now);
+        }
+    }
+
+    /// `peer` left the cluster: its links close and routes to it are forgotten.
+    pub fn peer_down(&mut self, now: Instant, peer: &NodeId) {
+        self.pool.peer_down(peer);
+        self.routes.retain(|_, node| node != peer);
+        self.run_pool_actions(now);
+    }
+
+    /// Where `client`'s session is, as storage or the broker says: `Some(node)` (this node's own
+    /// id is ignored: local sessions are known first-hand) or `None` (offline).
+    pub fn set_route(&mut self, client: ClientId, node: Option<NodeId>) {
+        match node {
+            Some(node) if node.as_str() != self.config.session.node_id => {
+                self.routes.insert(client, node);
+            }
+            _ => {
+                self.routes.remove(&client);
+            }
+        }
+    }
+
+    /// The peer node this node believes holds `client`, if any.
+    pub fn route_of(&self, client: ClientId) -> Option<&NodeId> {
+        self.routes.get(&client)
+    }
+
+    /// The bridge pool (for metrics and diagnostics).
+    pub fn pool(&self) -> &BridgePool {
+        &self.pool
+    }
+
+    fn run_pool_actions(&mut self, now: Instant) {
+        while let Some(action) = self.pool.poll_action() {
+            match action {
+                PoolAction::Dial { peer } => {
+                    self.outputs.push_back(NodeOutput::DialPeer { peer });
+                }
+                PoolAction::Close { link, abort } => {
+                    if let Some(slot) = self.slots.get_mut(&link) {
+                        if abort {
+                            slot.session.kick(GoAwayReason::Normal);
+                        } else {
+                            let grace = self.config.session.handshake_timeout;
+                            slot.session.drain(GoAwayReason::Normal, Some(now + grace));
+                        }
+                        self.after_session_input(now, link);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies a change another node made (read from storage or the broker): like the local
+    /// administrative calls, tunnels of a changed mapping end and affected clients online here
+    /// get new config; nothing is persisted again.
+    pub fn apply_remote_change(&mut self, now: Instant, change: StateChange) {
+        match &change {
+            StateChange::PutMapping(mapping) => {
+                let previous = self.state.mappings.get(&mapping.id).cloned();
+                let mut affected = involved_clients(mapping);
+                if let Some(previous) = &previous {
+                    if tunnel_relevant_change(previous, mapping) {
+                        self.tunnels.mapping_removed(&mapping.id);
+                    }
+                    affected.extend(involved_clients(previous));
+                }
+                self.state.apply(&change);
+                self.after_mapping_change(now, affected);
+            }
+            StateChange::DeleteMapping(id) => {
+                let previous = self.state.mappings.get(id).cloned();
+                self.tunnels.mapping_removed(id);
+                self.state.apply(&change);
+                if let Some(previous) = previous {
+                    self.after_mapping_change(now, involved_clients(&previous));
+                }
+            }
+            _ => self.state.apply(&change),
+        }
     }
 
     /// Bytes arrived on a client connection.
@@ -372,7 +555,11 @@ impl Node {
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let session = self.timers.first().map(|(at, _)| *at);
-        crate::time::earliest(session, self.tunnels.poll_timeout())
+        let pool = self.pool.poll_timeout();
+        crate::time::earliest(
+            crate::time::earliest(session, self.tunnels.poll_timeout()),
+            pool,
+        )
     }
 
     /// Fires every timer due at `now`.
@@ -390,6 +577,10 @@ impl Node {
         }
         self.tunnels.handle_timeout(now);
         self.run_tunnel_actions(now);
+        let slots = &self.slots;
+        self.pool
+            .handle_timeout(now, |link| link_streams(slots, link));
+        self.run_pool_actions(now);
     }
 
     // ----- node-port visitors -----
@@ -414,6 +605,7 @@ impl Node {
         let request = OpenRequest {
             entry: Endpoint::Local(visitor),
             from_client: None,
+            via_peer: false,
             open: pb::StreamOpen {
                 mapping_id: mapping_id.as_str().to_owned(),
                 target: None,
@@ -575,11 +767,7 @@ impl Node {
             return Err(AdminError::Conflict(format!("node port {port}")));
         }
         if let Some(previous) = &previous
-            && (previous.entry != mapping.entry
-                || previous.target != mapping.target
-                || previous.target_client != mapping.target_client
-                || previous.protocol != mapping.protocol
-                || mapping.status != MappingStatus::Active)
+            && tunnel_relevant_change(previous, &mapping)
         {
             self.tunnels.mapping_removed(&mapping.id);
         }
@@ -676,8 +864,8 @@ impl Node {
             return;
         };
         let push = config_for(&self.state, client, self.config_version);
-        if let Some(slot) = self.slots.get_mut(&conn) {
-            slot.session.push_config(push);
+        if let Some(session) = self.accepted(conn) {
+            session.push_config(push);
             self.mark(conn);
         }
     }
@@ -740,6 +928,19 @@ impl Node {
                 self.provide_credentials(now, conn, ClientId(client_id))
             }
             NodeEvent::RegistrationRequested { label } => self.register(now, conn, &label),
+            NodeEvent::PeerCredentialsNeeded { node_id } => {
+                let key = self
+                    .config
+                    .cluster
+                    .as_ref()
+                    .filter(|_| node_id != self.config.session.node_id)
+                    .map(|c| c.key.clone());
+                if let Some(session) = self.slots.get_mut(&conn).and_then(|s| s.session.accepted())
+                {
+                    session.provide_credentials(now, key, 0);
+                }
+            }
+            NodeEvent::PeerEstablished { node_id } => self.on_peer_established(now, conn, &node_id),
             NodeEvent::Established { client_id } => {
                 let client = ClientId(client_id);
                 if let Some(slot) = self.slots.get_mut(&conn) {
@@ -770,29 +971,24 @@ impl Node {
 
     fn provide_credentials(&mut self, now: Instant, conn: ConnId, client: ClientId) {
         let record = self.state.clients.get(&client);
-        let Some(slot) = self.slots.get_mut(&conn) else {
+        let Some(slot) = self.slots.get_mut(&conn).and_then(|s| s.session.accepted()) else {
             return;
         };
         match record {
             Some(r) if r.status == ClientStatus::Banned => {
-                slot.session
-                    .refuse(RefuseReason::Banned, "this client is banned", None);
+                slot.refuse(RefuseReason::Banned, "this client is banned", None);
             }
             Some(r) if r.may_log_in() => {
-                slot.session.provide_credentials(
-                    now,
-                    Some(r.auth_key.clone()),
-                    self.config_version,
-                );
+                slot.provide_credentials(now, Some(r.auth_key.clone()), self.config_version);
             }
-            _ => slot.session.provide_credentials(now, None, 0),
+            _ => slot.provide_credentials(now, None, 0),
         }
     }
 
     fn register(&mut self, now: Instant, conn: ConnId, label: &str) {
         if !self.config.allow_registration {
-            if let Some(slot) = self.slots.get_mut(&conn) {
-                slot.session.refuse(
+            if let Some(session) = self.accepted(conn) {
+                session.refuse(
                     RefuseReason::RegistrationClosed,
                     "this node does not register new clients",
                     None,
@@ -803,20 +999,21 @@ impl Node {
         let label: String = label.chars().filter(|c| !c.is_control()).take(64).collect();
         match self.create_client(now, None, &label) {
             Ok((id, secret)) => {
-                if let Some(slot) = self.slots.get_mut(&conn) {
-                    slot.session.grant_registration(
+                let config_version = self.config_version;
+                if let Some(session) = self.accepted(conn) {
+                    session.grant_registration(
                         now,
                         id.0,
                         secret.expose_secret().to_owned(),
-                        self.config_version,
+                        config_version,
                     );
                 }
                 self.outputs
                     .push_back(NodeOutput::Notice(Notice::Registered { client: id }));
             }
             Err(_) => {
-                if let Some(slot) = self.slots.get_mut(&conn) {
-                    slot.session.refuse(
+                if let Some(session) = self.accepted(conn) {
+                    session.refuse(
                         RefuseReason::Overloaded,
                         "could not create credentials",
                         None,
@@ -826,10 +1023,55 @@ impl Node {
         }
     }
 
+    fn on_peer_established(&mut self, now: Instant, conn: ConnId, node_id: &str) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        let peer = match (NodeId::parse(node_id), &slot.dialled) {
+            (Ok(peer), Some(expected)) if peer != *expected => None,
+            (Ok(peer), _) => Some(peer),
+            (Err(_), _) => None,
+        };
+        let Some(peer) = peer else {
+            // A dialled address answered as another node: not the link the pool asked for.
+            slot.session.kick(GoAwayReason::ProtocolError);
+            self.after_session_input(now, conn);
+            return;
+        };
+        slot.peer = Some(peer.clone());
+        let dialled = slot.dialled.is_some();
+        self.pool.link_established(now, conn, &peer, dialled);
+        self.outputs
+            .push_back(NodeOutput::Notice(Notice::PeerLinkUp { peer, conn }));
+        self.run_pool_actions(now);
+    }
+
     fn on_session_closed(&mut self, conn: ConnId, reason: CloseReason) {
-        let client = self.slots.get(&conn).and_then(|s| s.client);
-        match client {
-            Some(client) => {
+        let (client, peer, dialled) = self
+            .slots
+            .get(&conn)
+            .map(|s| (s.client, s.peer.clone(), s.dialled.clone()))
+            .unwrap_or_default();
+        let now = self.last_now;
+        match (client, peer, dialled) {
+            (_, Some(peer), _) => {
+                self.pool.link_closed(now, conn);
+                self.outputs
+                    .push_back(NodeOutput::Notice(Notice::PeerLinkDown {
+                        peer,
+                        conn,
+                        reason,
+                    }));
+                self.run_pool_actions(now);
+            }
+            (_, None, Some(peer)) => {
+                // A dial that never became a link.
+                self.pool.dial_abandoned(now, &peer);
+                self.outputs
+                    .push_back(NodeOutput::Notice(Notice::HandshakeFailed { conn, reason }));
+                self.run_pool_actions(now);
+            }
+            (Some(client), None, None) => {
                 self.registry.unregister(client.0, conn);
                 self.outputs
                     .push_back(NodeOutput::Notice(Notice::ClientOffline {
@@ -838,7 +1080,7 @@ impl Node {
                         reason,
                     }));
             }
-            None => self
+            (None, None, None) => self
                 .outputs
                 .push_back(NodeOutput::Notice(Notice::HandshakeFailed { conn, reason })),
         }
@@ -857,6 +1099,7 @@ impl Node {
         match event {
             MuxEvent::Incoming { stream, payload } => {
                 let from_client = self.slots.get(&conn).and_then(|s| s.client);
+                let via_peer = self.slots.get(&conn).is_some_and(|s| s.peer.is_some());
                 match decode_open(payload) {
                     Ok(open) => {
                         let request = OpenRequest {
@@ -865,6 +1108,7 @@ impl Node {
                                 stream,
                             },
                             from_client,
+                            via_peer,
                             open,
                         };
                         self.request_tunnel(now, request);
@@ -889,6 +1133,9 @@ impl Node {
             MuxEvent::Refused { stream, payload } => {
                 let result = decode_result(payload)
                     .unwrap_or((OpenError::Internal, "malformed open result".into()));
+                if result.0 == OpenError::TargetOffline {
+                    self.note_stale_route(conn, stream);
+                }
                 self.tunnels.target_result(
                     Endpoint::Stream {
                         session: conn,
@@ -1022,6 +1269,28 @@ impl Node {
         self.run_tunnel_actions(now);
     }
 
+    /// A peer refused an open because the target client is not there: the route that sent the
+    /// open there is stale.
+    fn note_stale_route(&mut self, conn: ConnId, stream: StreamId) {
+        let Some(peer) = self.slots.get(&conn).and_then(|s| s.peer.clone()) else {
+            return;
+        };
+        let client = self
+            .tunnels
+            .mapping_of(Endpoint::Stream {
+                session: conn,
+                stream,
+            })
+            .and_then(|id| self.state.mappings.get(id))
+            .map(|m| m.target_client);
+        if let Some(client) = client
+            && self.routes.get(&client) == Some(&peer)
+        {
+            self.routes.remove(&client);
+            self.outputs.push_back(NodeOutput::RouteStale { client });
+        }
+    }
+
     fn request_tunnel(&mut self, now: Instant, request: OpenRequest) {
         let mapping = MappingId::parse(&request.open.mapping_id)
             .ok()
@@ -1030,7 +1299,16 @@ impl Node {
             .and_then(|m| m.owner)
             .and_then(|owner| self.state.users.get(&owner))
             .map(|u| &u.quota);
-        let target_session = mapping.and_then(|m| self.registry.live_session(m.target_client.0));
+        let target_client = mapping.map(|m| m.target_client);
+        let mut target_session = target_client.and_then(|c| self.registry.live_session(c.0));
+        // Not here: over a bridge link to the node that holds it (never onward from a peer).
+        if target_session.is_none()
+            && !request.via_peer
+            && let Some(peer) = target_client.and_then(|c| self.routes.get(&c))
+        {
+            let slots = &self.slots;
+            target_session = self.pool.pick(now, peer, |link| link_streams(slots, link));
+        }
         let ctx = OpenContext {
             mapping,
             owner_quota,
@@ -1039,6 +1317,7 @@ impl Node {
         };
         self.tunnels.request_open(now, request, ctx);
         self.run_tunnel_actions(now);
+        self.run_pool_actions(now);
     }
 
     fn run_tunnel_actions(&mut self, now: Instant) {
@@ -1306,6 +1585,25 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Streams a link carries now (a link without a mux counts as full: it cannot take any).
+fn link_streams(slots: &BTreeMap<ConnId, Slot>, link: ConnId) -> u32 {
+    slots
+        .get(&link)
+        .and_then(|s| s.session.mux_ref())
+        .map_or(u32::MAX, |m| {
+            u32::try_from(m.stream_count()).unwrap_or(u32::MAX)
+        })
+}
+
+/// Whether changing `previous` into `mapping` must end the mapping's live tunnels.
+fn tunnel_relevant_change(previous: &Mapping, mapping: &Mapping) -> bool {
+    previous.entry != mapping.entry
+        || previous.target != mapping.target
+        || previous.target_client != mapping.target_client
+        || previous.protocol != mapping.protocol
+        || mapping.status != MappingStatus::Active
 }
 
 /// The clients a mapping concerns: its listen client (if any) and its target client.

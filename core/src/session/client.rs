@@ -30,6 +30,24 @@ pub enum ClientIdentity {
         /// How the client names itself.
         label: String,
     },
+    /// A node of the same cluster opening a bridge link to another node.
+    Peer {
+        /// This (the dialling) node's id.
+        node_id: String,
+        /// Derived from the cluster token; never sent.
+        key: AuthKey,
+    },
+}
+
+impl ClientIdentity {
+    /// The id and key the proofs use (`None` for a registration, which has no proof).
+    fn proof_identity(&self) -> Option<(u64, &AuthKey)> {
+        match self {
+            ClientIdentity::Login { client_id, key } => Some((*client_id, key)),
+            ClientIdentity::Peer { node_id, key } => Some((super::peer_key_id(node_id), key)),
+            ClientIdentity::Register { .. } => None,
+        }
+    }
 }
 
 /// Settings of a client session.
@@ -126,9 +144,10 @@ impl ClientSession {
             ClientIdentity::Register { label } => pb::hello::Identity::Register(pb::Registration {
                 label: label.clone(),
             }),
+            ClientIdentity::Peer { node_id, .. } => pb::hello::Identity::PeerNode(node_id.clone()),
         };
         let state = match config.identity {
-            ClientIdentity::Login { .. } => State::AwaitChallenge,
+            ClientIdentity::Login { .. } | ClientIdentity::Peer { .. } => State::AwaitChallenge,
             ClientIdentity::Register { .. } => State::AwaitWelcome,
         };
         let max_payload = config
@@ -333,7 +352,7 @@ impl ClientSession {
                 Ok(())
             }
             (State::AwaitChallenge, Frame::Challenge(challenge)) => {
-                let ClientIdentity::Login { client_id, key } = &self.config.identity else {
+                let Some((client_id, key)) = self.config.identity.proof_identity() else {
                     return Err(CloseReason::ProtocolViolation(
                         "challenge after a registration",
                     ));
@@ -341,7 +360,7 @@ impl ClientSession {
                 self.node_nonce = challenge.node_nonce;
                 let transcript = Transcript {
                     protocol_version: PROTOCOL_VERSION,
-                    client_id: *client_id,
+                    client_id,
                     client_nonce: &self.client_nonce,
                     node_nonce: &self.node_nonce,
                 };
@@ -372,16 +391,16 @@ impl ClientSession {
     }
 
     fn on_welcome(&mut self, now: Instant, welcome: pb::Welcome) -> Result<(), CloseReason> {
-        let credentials = match &self.config.identity {
-            ClientIdentity::Login { client_id, key } => {
-                if welcome.client_id != *client_id {
+        let credentials = match self.config.identity.proof_identity() {
+            Some((client_id, key)) => {
+                if welcome.client_id != client_id {
                     return Err(CloseReason::ProtocolViolation(
                         "Welcome names another client",
                     ));
                 }
                 let transcript = Transcript {
                     protocol_version: PROTOCOL_VERSION,
-                    client_id: *client_id,
+                    client_id,
                     client_nonce: &self.client_nonce,
                     node_nonce: &self.node_nonce,
                 };
@@ -391,7 +410,7 @@ impl ClientSession {
                 }
                 None
             }
-            ClientIdentity::Register { .. } => {
+            None => {
                 let Some(credentials) = welcome.credentials.as_ref() else {
                     return Err(CloseReason::ProtocolViolation(
                         "registration Welcome without credentials",

@@ -32,5 +32,18 @@ pub use node::{NodeEvent, NodeSession, NodeSessionConfig};
 pub use registry::{SessionKey, SessionRegistry};
 pub use tunnox_proto::wire::RefuseReason;
 
+/// The id a peer node's bridge link is authenticated under: derived from its node id with the
+/// top bit set, so it binds the node id into the proof's transcript and can never be a client's.
+pub fn peer_key_id(node_id: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"tunnox/v1 peer node\0")
+        .chain_update(node_id.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first) | (1 << 63)
+}
+
 /// The protocol version in Hello, as the protobuf field type.
 pub const PROTOCOL_VERSION: u32 = crate::wire::PROTOCOL_VERSION as u32;

@@ -59,6 +59,17 @@ pub enum NodeEvent {
         /// The client logging in.
         client_id: u64,
     },
+    /// A peer node of the cluster opens a bridge link: `provide_credentials` with the cluster
+    /// key (or `None` if this node takes no peers).
+    PeerCredentialsNeeded {
+        /// The peer's node id.
+        node_id: String,
+    },
+    /// A peer node is authenticated and the bridge link is live.
+    PeerEstablished {
+        /// The peer's node id.
+        node_id: String,
+    },
     /// A new client asks for anonymous credentials: `grant_registration` or `refuse`.
     RegistrationRequested {
         /// How the client names itself.
@@ -114,6 +125,8 @@ pub struct NodeSession {
     node_nonce: [u8; NONCE_LEN],
     client_nonce: Bytes,
     peer_settings: Option<PeerSettings>,
+    /// Set when the Hello came from a peer node (a bridge link), not a client.
+    peer_node: Option<String>,
     handshake_deadline: Instant,
     events: VecDeque<NodeEvent>,
 }
@@ -140,6 +153,7 @@ impl NodeSession {
             node_nonce,
             client_nonce: Bytes::new(),
             peer_settings: None,
+            peer_node: None,
             events: VecDeque::new(),
         }
     }
@@ -147,6 +161,11 @@ impl NodeSession {
     /// This session's id.
     pub fn session_id(&self) -> u64 {
         self.session_id
+    }
+
+    /// The peer node, if this session is a bridge link from another node.
+    pub fn peer_node(&self) -> Option<&str> {
+        self.peer_node.as_deref()
     }
 
     /// The authenticated client, once established.
@@ -451,6 +470,22 @@ impl NodeSession {
                 self.events
                     .push_back(NodeEvent::CredentialsNeeded { client_id });
             }
+            Some(pb::hello::Identity::PeerNode(node_id)) => {
+                if crate::control::NodeId::parse(&node_id).is_err() {
+                    return self.refuse(RefuseReason::ProtocolError, "invalid peer node id", None);
+                }
+                self.conn.send(Frame::Challenge(pb::Challenge {
+                    node_nonce: Bytes::copy_from_slice(&self.node_nonce),
+                }));
+                self.state = State::AwaitProof {
+                    client_id: super::peer_key_id(&node_id),
+                    key: KeyLookup::Pending,
+                    proof: None,
+                };
+                self.peer_node = Some(node_id.clone());
+                self.events
+                    .push_back(NodeEvent::PeerCredentialsNeeded { node_id });
+            }
             Some(pb::hello::Identity::Register(registration)) => {
                 self.state = State::AwaitRegistration;
                 self.events.push_back(NodeEvent::RegistrationRequested {
@@ -529,6 +564,11 @@ impl NodeSession {
         let mux = Mux::new(Role::Node, self.config.mux.clone(), peer);
         self.conn.establish(now, mux, heartbeat);
         self.state = State::Established { client_id };
-        self.events.push_back(NodeEvent::Established { client_id });
+        self.events.push_back(match &self.peer_node {
+            Some(node_id) => NodeEvent::PeerEstablished {
+                node_id: node_id.clone(),
+            },
+            None => NodeEvent::Established { client_id },
+        });
     }
 }

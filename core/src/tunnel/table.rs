@@ -49,6 +49,9 @@ pub struct OpenRequest {
     pub entry: Endpoint,
     /// The authenticated client that sent the open (`None` for node-accepted visitors).
     pub from_client: Option<ClientId>,
+    /// The open came over a bridge link from the peer node where the entry is: that node
+    /// checked the entry side; this one serves the target, and never forwards it onward.
+    pub via_peer: bool,
     /// What the entry asked for.
     pub open: pb::StreamOpen,
 }
@@ -240,6 +243,12 @@ impl TunnelTable {
         }
     }
 
+    /// The mapping of the tunnel `endpoint` belongs to.
+    pub fn mapping_of(&self, endpoint: Endpoint) -> Option<&MappingId> {
+        let tunnel = self.tunnels.get(self.by_endpoint.get(&endpoint)?)?;
+        Some(&tunnel.mapping)
+    }
+
     /// The entry of `tunnel`.
     pub fn entry_of(&self, tunnel: TunnelId) -> Option<Endpoint> {
         self.tunnels.get(&tunnel).map(|t| t.entry)
@@ -375,6 +384,7 @@ impl TunnelTable {
         }
         // The entry must be the one the mapping names: its listen client, or the node itself.
         let entry_ok = match (&request.entry, &mapping.entry) {
+            (Endpoint::Stream { .. }, _) if request.via_peer => true,
             (Endpoint::Stream { .. }, Entry::ClientPort { listen_client, .. })
             | (Endpoint::Stream { .. }, Entry::Socks5 { listen_client, .. }) => {
                 request.from_client == Some(*listen_client)
@@ -392,6 +402,12 @@ impl TunnelTable {
         }
         // The node decides where the target client dials; only SOCKS5 lets the visitor choose.
         let target = match (&mapping.target, &open.target) {
+            // The entry node resolved the fixed target already; this node's copy of the mapping
+            // decides.
+            (Target::Fixed { host, port }, _) if request.via_peer => pb::TargetAddr {
+                host: host.clone(),
+                port: u32::from(*port),
+            },
             (Target::Fixed { .. }, Some(_)) => {
                 return Err(deny(
                     OpenError::NotAuthorized,

@@ -62,6 +62,7 @@ fn request(m: &Mapping, stream: u32) -> OpenRequest {
     OpenRequest {
         entry: entry(stream),
         from_client: Some(LISTEN),
+        via_peer: false,
         open: pb::StreamOpen {
             mapping_id: m.id.as_str().into(),
             target: None,
@@ -332,6 +333,7 @@ fn node_port_visitors_are_entries_too() {
     let req = OpenRequest {
         entry: Endpoint::Local(9),
         from_client: None,
+        via_peer: false,
         open: pb::StreamOpen {
             mapping_id: m.id.as_str().into(),
             ..Default::default()

@@ -183,12 +183,17 @@ impl NodeHost {
             },
             NodeOutput::Persist(change) => self.durable.apply(&change),
             NodeOutput::Notice(notice) => self.on_notice(now, notice, ctx),
+            // Single-node scenarios configure no cluster, so the node never asks these.
+            NodeOutput::DialPeer { peer } => node.peer_dial_failed(now, &peer),
+            NodeOutput::RouteStale { .. } => {}
         }
     }
 
     fn on_notice(&mut self, now: Instant, notice: Notice, ctx: &mut HostCtx<'_>) {
         let (conn, reason) = match notice {
-            Notice::ClientOffline { conn, reason, .. } => (conn, reason),
+            Notice::ClientOffline { conn, reason, .. }
+            | Notice::PeerLinkDown { conn, reason, .. } => (conn, reason),
+            Notice::PeerLinkUp { .. } => return ctx.count("peer_link_up"),
             Notice::HandshakeFailed { conn, reason } => (conn, reason),
             Notice::ClientOnline { .. } => return ctx.count("session_established"),
             Notice::OpenRefused { .. } => return ctx.count("open_refused"),
