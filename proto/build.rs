@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/wire.proto",
         "proto/broker.proto",
         "proto/storage.proto",
+        "proto/bridge.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -29,6 +29,8 @@ pub struct ServerFile {
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsFile,
+    /// Cluster settings: absent for a node on its own.
+    pub cluster: Option<ClusterFile>,
     /// Mappings to serve: created or updated at every start (removing one from the file does
     /// not delete it; the management API will).
     #[serde(default)]
@@ -43,6 +45,41 @@ pub enum StorageKind {
     Embedded,
     /// Memory only.
     Memory,
+}
+
+/// `cluster:` settings (docs/cluster.md).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// Address the node-to-node bridge listens on.
+    pub bridge_listen: String,
+    /// Address peers dial to reach this node's bridge [default: bridge_listen].
+    pub bridge_advertise: Option<String>,
+    /// Redis holding membership, routes and the shared control state.
+    pub redis_url: String,
+    /// Prefix of every Redis key and broker channel [default: tunnox:].
+    pub key_prefix: Option<String>,
+    /// `redis` (pub/sub on `redis_url`, the default) or `nats` (on `nats_url`).
+    #[serde(default)]
+    pub broker: BrokerChoice,
+    /// NATS server for `broker: nats`.
+    pub nats_url: Option<String>,
+    /// File holding the cluster token (or set TUNNOX_CLUSTER_TOKEN); every node of a cluster
+    /// needs the same one.
+    pub token_file: Option<PathBuf>,
+    /// Lease of node records and client routes, in milliseconds [default: 3000].
+    pub lease_ms: Option<u64>,
+}
+
+/// The cluster's broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerChoice {
+    /// Redis pub/sub.
+    #[default]
+    Redis,
+    /// NATS core.
+    Nats,
 }
 
 /// `tls:` settings.

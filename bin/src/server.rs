@@ -6,15 +6,23 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
-use tunnox_core::node::{ControlState, Node, NodeConfig};
+use tunnox_core::broker::Origin;
+use tunnox_core::cluster::PoolConfig;
+use tunnox_core::control::NodeId;
+use tunnox_core::node::{ClusterConfig, ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
+use tunnox_core::session::AuthKey;
+use tunnox_runtime_tokio::bridge::{BridgeService, LinkHello};
+use tunnox_runtime_tokio::broker::{AnyBroker, BrokerConfig, BrokerKind};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
+use tunnox_runtime_tokio::cluster::{ClusterSettings, ClusterStore, Coordinator};
 use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
-use tunnox_runtime_tokio::storage::EmbeddedStore;
+use tunnox_runtime_tokio::storage::{EmbeddedStore, RedisConfig};
 use tunnox_runtime_tokio::tls::NodeIdentity;
 
-use crate::config::{ServerFile, StorageKind, tls_identity_files};
+use crate::config::{BrokerChoice, ClusterFile, ServerFile, StorageKind, tls_identity_files};
 
 /// Options of `tunnox server`. Each flag also reads its `TUNNOX_…` environment variable and
 /// overrides the same key of the `--config` file.
@@ -63,6 +71,95 @@ pub fn os_seed() -> anyhow::Result<[u8; 32]> {
         .and_then(|mut f| f.read_exact(&mut seed))
         .context("reading /dev/urandom for the node's random seed")?;
     Ok(seed)
+}
+
+/// The shortest cluster token accepted.
+const CLUSTER_TOKEN_MIN_CHARS: usize = 16;
+
+/// What a clustered node needs before it starts.
+struct ClusterStart {
+    settings: ClusterSettings,
+    store: ClusterStore,
+    broker: AnyBroker,
+    key: AuthKey,
+    bridge: TcpListener,
+    hello: LinkHello,
+}
+
+/// Reads the cluster token, binds the bridge, connects storage and the broker.
+async fn start_cluster(
+    file: &ClusterFile,
+    node_id: &str,
+    rng: &mut Rng,
+) -> anyhow::Result<ClusterStart> {
+    let token = match std::env::var("TUNNOX_CLUSTER_TOKEN") {
+        Ok(token) => token,
+        Err(_) => match &file.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading cluster.token_file {}", path.display()))?,
+            None => anyhow::bail!(
+                "cluster.token_file (or TUNNOX_CLUSTER_TOKEN) is missing: nodes of a cluster \
+                 prove a shared token to each other"
+            ),
+        },
+    };
+    let token = token.trim();
+    anyhow::ensure!(
+        token.chars().count() >= CLUSTER_TOKEN_MIN_CHARS,
+        "the cluster token must be at least {CLUSTER_TOKEN_MIN_CHARS} characters"
+    );
+    let node = NodeId::parse(node_id).map_err(|e| anyhow::anyhow!("node_id: {e}"))?;
+    let prefix = file.key_prefix.clone().unwrap_or_else(|| "tunnox:".into());
+    let lease = Duration::from_millis(file.lease_ms.unwrap_or(3000).max(300));
+    let bridge = TcpListener::bind(&file.bridge_listen)
+        .await
+        .with_context(|| format!("cannot listen for the bridge on {}", file.bridge_listen))?;
+    let bridge_addr = match &file.bridge_advertise {
+        Some(addr) => addr.clone(),
+        None => bridge.local_addr()?.to_string(),
+    };
+    let mut redis = RedisConfig::new(file.redis_url.clone());
+    redis.key_prefix = prefix.clone();
+    let store = ClusterStore::open(&redis)?;
+    let kind = match file.broker {
+        BrokerChoice::Redis => BrokerKind::Redis {
+            url: file.redis_url.clone(),
+        },
+        BrokerChoice::Nats => BrokerKind::Nats {
+            url: file
+                .nats_url
+                .clone()
+                .context("cluster.nats_url is missing: broker is nats")?,
+        },
+    };
+    let epoch = rng.next_u64().max(1);
+    let broker_config = BrokerConfig {
+        kind,
+        channel_prefix: prefix,
+        ..BrokerConfig::default()
+    };
+    let origin = Origin {
+        node: node.clone(),
+        incarnation: epoch,
+    };
+    let broker = AnyBroker::connect(broker_config, origin, rng.fork())
+        .await
+        .context("connecting the cluster broker")?;
+    Ok(ClusterStart {
+        settings: ClusterSettings {
+            node_id: node,
+            bridge_addr,
+            lease,
+        },
+        store,
+        broker,
+        key: AuthKey::derive(token),
+        bridge,
+        hello: LinkHello {
+            node_id: node_id.to_owned(),
+            epoch,
+        },
+    })
 }
 
 /// Runs a node until SIGINT/SIGTERM, then drains.
@@ -121,32 +218,61 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let store = if memory {
+    let mut rng = Rng::from_seed(os_seed()?);
+    let cluster = match &file.cluster {
+        Some(cluster) => Some(start_cluster(cluster, &node_id, &mut rng).await?),
+        None => None,
+    };
+    // A clustered node's state is the cluster's, in Redis.
+    let store = if memory || cluster.is_some() {
         None
     } else {
         let path = data_dir.join("tunnox.redb");
         Some(EmbeddedStore::open(&path).with_context(|| format!("opening {}", path.display()))?)
     };
-    let state = match &store {
-        Some(store) => store.load()?,
-        None => ControlState::default(),
+    let state = match (&store, &cluster) {
+        (Some(store), _) => store.load()?,
+        (None, Some(cluster)) => cluster
+            .store
+            .load_state()
+            .await
+            .context("loading the cluster's state from Redis")?,
+        (None, None) => ControlState::default(),
     };
     let mut config = NodeConfig::new(node_id.clone());
     config.allow_registration = allow_registration;
+    if let Some(cluster) = &cluster {
+        config.cluster = Some(ClusterConfig {
+            key: cluster.key.clone(),
+            pool: PoolConfig::default(),
+        });
+    }
     let clock = Clock::new();
-    let mut node = Node::new(
-        clock.now(),
-        wall_now(),
-        config,
-        state,
-        Rng::from_seed(os_seed()?),
-    );
+    let mut node = Node::new(clock.now(), wall_now(), config, state, rng.fork());
     for mapping in file.mappings(wall_now())? {
         let name = mapping.id.clone();
         node.put_mapping(clock.now(), mapping)
             .with_context(|| format!("configured mapping {name}"))?;
     }
     let mut driver = NodeDriver::new(node, clock, store, &node_port_bind);
+    let mut coordinator = None;
+    if let Some(cluster) = cluster {
+        let (accepted_tx, accepted) = mpsc::channel(64);
+        let (events_tx, events) = mpsc::channel(4096);
+        let service = BridgeService::new(cluster.hello.clone(), accepted_tx);
+        println!(
+            "cluster: bridge on {} (advertised as {}), lease {} ms",
+            cluster.bridge.local_addr()?,
+            cluster.settings.bridge_addr,
+            cluster.settings.lease.as_millis()
+        );
+        tokio::spawn(tunnox_runtime_tokio::bridge::serve(cluster.bridge, service));
+        driver = driver.with_cluster(cluster.hello, accepted, events_tx);
+        coordinator = Some((
+            Coordinator::new_detached(cluster.settings, cluster.store, cluster.broker),
+            events,
+        ));
+    }
     println!(
         "tunnox node {node_id} listening on {}",
         listener.local_addr()?
@@ -168,12 +294,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             driver = driver.with_tls(identity.acceptor()?);
         }
     }
-    match memory {
-        true => println!("state: in memory (lost on restart)"),
-        false => println!("state: {}", data_dir.join("tunnox.redb").display()),
+    match (memory, coordinator.is_some()) {
+        (_, true) => println!("state: shared by the cluster, in Redis"),
+        (true, false) => println!("state: in memory (lost on restart)"),
+        (false, false) => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
     let (commands, task) = spawn_node(driver, listener);
+    let mut cluster_task = None;
+    if let Some((coordinator, events)) = coordinator {
+        let (stop, stopped) = oneshot::channel();
+        let handle = tokio::spawn(coordinator.attach(commands.clone()).run(events, stopped));
+        cluster_task = Some((stop, handle));
+    }
     shutdown_signal().await;
+    if let Some((stop, handle)) = cluster_task {
+        // Leave the cluster first, so peers stop sending new streams here.
+        let _ = stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(2), handle).await;
+    }
     println!("shutting down: draining sessions (up to 10 s)");
     let (done, finished) = oneshot::channel();
     let _ = commands

@@ -49,7 +49,10 @@ struct Cluster {
     /// Changes each node asked to persist (what the runtime would write and publish).
     persisted: Vec<(usize, StateChange)>,
     notices: Vec<(usize, Notice)>,
-    stale_routes: Vec<(usize, ClientId)>,
+    /// Route lookups nodes asked for.
+    lookups: Vec<(usize, ClientId)>,
+    /// The routes storage holds: client → node index.
+    route_store: BTreeMap<ClientId, usize>,
     /// Whether dials to peers succeed.
     peers_reachable: bool,
     dials: u64,
@@ -95,7 +98,8 @@ impl Cluster {
             visitors: BTreeMap::new(),
             persisted: Vec::new(),
             notices: Vec::new(),
-            stale_routes: Vec::new(),
+            lookups: Vec::new(),
+            route_store: BTreeMap::new(),
             peers_reachable: true,
             dials: 0,
             dead: vec![false; keys_len],
@@ -136,11 +140,10 @@ impl Cluster {
         id
     }
 
-    /// What the runtime does with a route claim: every other node learns it.
+    /// What the runtime does with a route claim: storage holds it; other nodes read it when
+    /// they need it.
     fn publish_route(&mut self, client: ClientId, home: usize) {
-        for node in &mut self.nodes {
-            node.set_route(client, Some(node_id(home)));
-        }
+        self.route_store.insert(client, home);
     }
 
     /// Applies node `origin`'s persisted changes on every other node (storage + broker).
@@ -327,8 +330,19 @@ impl Cluster {
                 self.nodes[n].connection_closed(now, conn);
             }
             NodeOutput::Persist(change) => self.persisted.push((n, change)),
-            NodeOutput::RouteStale { client } => self.stale_routes.push((n, client)),
-            NodeOutput::Notice(notice) => self.notices.push((n, notice)),
+            NodeOutput::LookupRoute { client } => {
+                self.lookups.push((n, client));
+                let node = self.route_store.get(&client).map(|home| node_id(*home));
+                self.nodes[n].set_route(now, client, node);
+            }
+            NodeOutput::Notice(notice) => {
+                if let Notice::ClientOffline { client, .. } = &notice
+                    && self.route_store.get(client) == Some(&n)
+                {
+                    self.route_store.remove(client);
+                }
+                self.notices.push((n, notice));
+            }
             _ => {}
         }
     }
@@ -485,7 +499,12 @@ fn a_stale_route_is_refused_cleanly_and_reported() {
     let listen = c.client_on(0, "listen");
     let target = c.client_on(1, "target");
     let id = c.client_port_mapping(0, listen, target);
-    // Node 0 believes the target is on node 1, but it left there.
+    // The first open looks the route up and caches it.
+    c.visit(0, 6, &id, &Bytes::from_static(b"hello"));
+    assert_eq!(c.visitors[&(0, 6)].received, b"hello");
+    assert_eq!(c.lookups, vec![(0, target)]);
+    assert_eq!(c.nodes[0].route_of(target), Some(&node_id(1)));
+    // Node 0 still believes the target is on node 1, but it left there.
     let now = c.now;
     c.nodes[1].kick_client(now, target);
     c.settle();
@@ -493,7 +512,11 @@ fn a_stale_route_is_refused_cleanly_and_reported() {
     let view = &c.visitors[&(0, 7)];
     assert_eq!(view.open_failed, Some(OpenError::TargetOffline));
     assert_eq!(view.closed, Some(true));
-    assert_eq!(c.stale_routes, vec![(0, target)]);
+    assert_eq!(
+        c.lookups,
+        vec![(0, target), (0, target)],
+        "the stale route was re-read"
+    );
     assert_eq!(
         c.nodes[0].route_of(target),
         None,

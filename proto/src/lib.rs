@@ -24,4 +24,11 @@ pub mod storage {
     include!(concat!(env!("OUT_DIR"), "/tunnox.storage.v1.rs"));
 }
 
+/// The node-to-node `NodeBridge` service, version 1: `BridgePacket`, and with the `grpc` feature
+/// the tonic stubs `node_bridge_client` and `node_bridge_server`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod bridge {
+    include!(concat!(env!("OUT_DIR"), "/tunnox.bridge.v1.rs"));
+}
+
 pub use prost::Message;

@@ -10,8 +10,10 @@
 //! out at once (TLS sessions always have one). [`tls`] holds node identities and client trust.
 
 pub mod agent;
+pub mod bridge;
 pub mod broker;
 pub mod clock;
+pub mod cluster;
 pub mod node;
 pub mod socket;
 pub mod storage;

@@ -9,10 +9,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tunnox_core::control::{ClientId, ClientSecret, Mapping, MappingId, UserId};
-use tunnox_core::node::{AdminError, Node, NodeOutput};
+use tunnox_core::control::{ClientId, ClientSecret, Mapping, MappingId, NodeId, UserId};
+use tunnox_core::node::{AdminError, Node, NodeOutput, Notice, StateChange};
 use tunnox_core::relay::LocalOutput;
 
+use crate::bridge::{BridgeLink, LinkHello};
 use crate::clock::Clock;
 use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 use crate::storage::EmbeddedStore;
@@ -55,6 +56,60 @@ pub enum NodeCommand {
     },
     /// Stop the node.
     Shutdown,
+    /// A peer node is a live member at this bridge address: keep links to it.
+    PeerUp {
+        /// The peer.
+        peer: NodeId,
+        /// Its bridge address (host:port).
+        addr: String,
+    },
+    /// A peer node left the cluster.
+    PeerDown {
+        /// The peer.
+        peer: NodeId,
+    },
+    /// Where a client's session is (`None`: offline), as storage or the broker says.
+    SetRoute {
+        /// The client.
+        client: ClientId,
+        /// Its node.
+        node: Option<NodeId>,
+    },
+    /// Apply a change another node made.
+    ApplyRemote(Box<StateChange>),
+}
+
+/// What a clustered node tells its cluster task (which writes storage and publishes).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClusterEvent {
+    /// A durable change made on this node.
+    Persisted(StateChange),
+    /// A client's session was established here.
+    ClientOnline(ClientId),
+    /// A client's session here ended.
+    ClientOffline(ClientId),
+    /// The node needs the route of this client: read it and answer with `SetRoute`.
+    LookupRoute(ClientId),
+}
+
+/// How long a bridge dial may take.
+const BRIDGE_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A clustered driver's bridge links and its line to the cluster task.
+#[derive(Debug)]
+struct ClusterIo {
+    hello: LinkHello,
+    peer_addrs: BTreeMap<NodeId, String>,
+    arrivals_tx: mpsc::Sender<LinkArrival>,
+    arrivals: mpsc::Receiver<LinkArrival>,
+    events: mpsc::Sender<ClusterEvent>,
+}
+
+/// A bridge link for the node: accepted from a peer, or the outcome of a dial.
+#[derive(Debug)]
+enum LinkArrival {
+    Accepted(BridgeLink),
+    Dialled(NodeId, Option<BridgeLink>),
 }
 
 /// Why a request to a running node failed.
@@ -150,6 +205,8 @@ pub struct NodeDriver {
     secured: mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>>,
     /// Frames gathered for one connection during a flush.
     outbox: Outbox,
+    /// Bridge links and the cluster task, when the node is in a cluster.
+    cluster: Option<ClusterIo>,
 }
 
 impl NodeDriver {
@@ -177,7 +234,36 @@ impl NodeDriver {
             node_ports: BTreeMap::new(),
             default_bind: default_bind.to_owned(),
             outbox: Outbox::default(),
+            cluster: None,
         }
+    }
+
+    /// Takes part in a cluster: links arrive on `accepted` (from [`crate::bridge::serve`]),
+    /// dials introduce this node as `hello`, and what the cluster must learn goes to `events`.
+    pub fn with_cluster(
+        mut self,
+        hello: LinkHello,
+        accepted: mpsc::Receiver<BridgeLink>,
+        events: mpsc::Sender<ClusterEvent>,
+    ) -> NodeDriver {
+        let (arrivals_tx, arrivals) = mpsc::channel(EVENTS);
+        let forward = arrivals_tx.clone();
+        let mut accepted = accepted;
+        tokio::spawn(async move {
+            while let Some(link) = accepted.recv().await {
+                if forward.send(LinkArrival::Accepted(link)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.cluster = Some(ClusterIo {
+            hello,
+            peer_addrs: BTreeMap::new(),
+            arrivals_tx,
+            arrivals,
+            events,
+        });
+        self
     }
 
     /// Serves client sessions over TLS with `acceptor`.
@@ -242,6 +328,9 @@ impl NodeDriver {
                     let id = self.sockets.add_stream(tls, Framing::Frames, Kind::Client);
                     self.node.accept_connection(self.clock.now(), id);
                 }
+                Some(arrival) = recv_some(self.cluster.as_mut().map(|c| &mut c.arrivals)) => {
+                    self.on_link(arrival);
+                }
                 Some((port, stream, addr)) = self.visitors.recv() => {
                     let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };
                     let id = self.sockets.add_tcp(stream, Framing::Raw, kind);
@@ -274,6 +363,20 @@ impl NodeDriver {
             NodeCommand::DeleteMapping { id, reply } => {
                 let _ = reply.send(self.node.delete_mapping(now, &id));
             }
+            NodeCommand::PeerUp { peer, addr } => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.peer_addrs.insert(peer.clone(), addr);
+                    self.node.peer_up(now, &peer);
+                }
+            }
+            NodeCommand::PeerDown { peer } => {
+                if let Some(cluster) = &mut self.cluster {
+                    cluster.peer_addrs.remove(&peer);
+                }
+                self.node.peer_down(now, &peer);
+            }
+            NodeCommand::SetRoute { client, node } => self.node.set_route(now, client, node),
+            NodeCommand::ApplyRemote(change) => self.node.apply_remote_change(now, *change),
             NodeCommand::Shutdown | NodeCommand::Drain { .. } => {}
         }
     }
@@ -467,14 +570,78 @@ impl NodeDriver {
                     // memory (the storage issue adds a degraded mode and metrics).
                     let _ = store.apply(std::slice::from_ref(&change));
                 }
+                self.tell_cluster(ClusterEvent::Persisted(change));
             }
-            // Cluster outputs need a bridge transport; a driver without one cannot dial.
-            NodeOutput::DialPeer { peer } => {
-                let now = self.clock.now();
-                self.node.peer_dial_failed(now, &peer);
+            NodeOutput::DialPeer { peer } => self.dial(peer),
+            NodeOutput::LookupRoute { client } => {
+                self.tell_cluster(ClusterEvent::LookupRoute(client));
             }
-            NodeOutput::RouteStale { .. } | NodeOutput::Notice(_) => {}
+            NodeOutput::Notice(Notice::ClientOnline { client, .. }) => {
+                self.tell_cluster(ClusterEvent::ClientOnline(client));
+            }
+            NodeOutput::Notice(Notice::ClientOffline { client, .. }) => {
+                self.tell_cluster(ClusterEvent::ClientOffline(client));
+            }
+            NodeOutput::Notice(_) => {}
         }
+    }
+}
+
+impl NodeDriver {
+    fn on_link(&mut self, arrival: LinkArrival) {
+        let now = self.clock.now();
+        match arrival {
+            LinkArrival::Accepted(link) => {
+                let id = self
+                    .sockets
+                    .add_stream(link.stream, Framing::Frames, Kind::Client);
+                self.node.accept_connection(now, id);
+            }
+            LinkArrival::Dialled(peer, Some(link)) => {
+                let id = self
+                    .sockets
+                    .add_stream(link.stream, Framing::Frames, Kind::Client);
+                self.node.peer_connected(now, id, peer);
+            }
+            LinkArrival::Dialled(peer, None) => self.node.peer_dial_failed(now, &peer),
+        }
+    }
+
+    /// Dials `peer`'s bridge in a task; the outcome comes back as a [`LinkArrival`].
+    fn dial(&mut self, peer: NodeId) {
+        let addr = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.peer_addrs.get(&peer).cloned());
+        let (Some(cluster), Some(addr)) = (&self.cluster, addr) else {
+            let now = self.clock.now();
+            self.node.peer_dial_failed(now, &peer);
+            return;
+        };
+        let hello = cluster.hello.clone();
+        let done = cluster.arrivals_tx.clone();
+        tokio::spawn(async move {
+            let link = crate::bridge::dial(&addr, &hello, BRIDGE_DIAL_TIMEOUT)
+                .await
+                .ok();
+            let _ = done.send(LinkArrival::Dialled(peer, link)).await;
+        });
+    }
+
+    /// Hands `event` to the cluster task; if its queue is full the event is dropped (routes
+    /// and state are re-read from storage, so nothing correct depends on it).
+    fn tell_cluster(&self, event: ClusterEvent) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.events.try_send(event);
+        }
+    }
+}
+
+/// The next message of `rx`, or never without one.
+async fn recv_some<T>(rx: Option<&mut mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -103,9 +103,10 @@ pub enum NodeOutput {
         /// The peer.
         peer: NodeId,
     },
-    /// The route of `client` proved stale (its node no longer holds it): re-read it from storage
-    /// and report it with `set_route`.
-    RouteStale {
+    /// The route of `client` is unknown or proved stale (its node no longer holds it): read it
+    /// from storage and report it with `set_route` (opens for it wait until then, at most the
+    /// tunnel open timeout).
+    LookupRoute {
         /// The client.
         client: ClientId,
     },
@@ -235,6 +236,8 @@ pub struct Node {
     pool: BridgePool,
     /// Which peer node holds each remote client's session, as the runtime last reported.
     routes: BTreeMap<ClientId, NodeId>,
+    /// Opens waiting for the route of their target client, with their deadline.
+    awaiting_route: BTreeMap<ClientId, Vec<(Instant, OpenRequest)>>,
     /// Connections that may have bytes to send.
     dirty: BTreeSet<ConnId>,
     /// Connections changed since the last `check_touched` (interior mutability: checking
@@ -269,6 +272,7 @@ impl Node {
         let mut node = Node {
             pool: BridgePool::new(pool_config, rng.fork()),
             routes: BTreeMap::new(),
+            awaiting_route: BTreeMap::new(),
             tunnels: TunnelTable::new(config.tunnel.clone()),
             config,
             rng,
@@ -406,7 +410,7 @@ impl Node {
 
     /// Where `client`'s session is, as storage or the broker says: `Some(node)` (this node's own
     /// id is ignored: local sessions are known first-hand) or `None` (offline).
-    pub fn set_route(&mut self, client: ClientId, node: Option<NodeId>) {
+    pub fn set_route(&mut self, now: Instant, client: ClientId, node: Option<NodeId>) {
         match node {
             Some(node) if node.as_str() != self.config.session.node_id => {
                 self.routes.insert(client, node);
@@ -414,6 +418,43 @@ impl Node {
             _ => {
                 self.routes.remove(&client);
             }
+        }
+        // Opens that waited for this answer go on (or are refused: the client is offline).
+        for (_, request) in self.awaiting_route.remove(&client).unwrap_or_default() {
+            self.retry_open(now, request);
+        }
+    }
+
+    /// Runs a parked open again if its entry is still there.
+    fn retry_open(&mut self, now: Instant, mut request: OpenRequest) {
+        let alive = match request.entry {
+            Endpoint::Local(visitor) => self.open_visitors.contains(&visitor),
+            Endpoint::Stream { session, stream } => self
+                .slots
+                .get(&session)
+                .and_then(|s| s.session.mux_ref())
+                .is_some_and(|m| m.stream_ids().any(|id| id == stream)),
+        };
+        if alive {
+            request.route_asked = true;
+            self.request_tunnel(now, request);
+        }
+    }
+
+    fn expire_route_waits(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.awaiting_route.retain(|_, waits| {
+            waits.retain(|(deadline, request)| {
+                let keep = *deadline > now;
+                if !keep {
+                    expired.push(request.clone());
+                }
+                keep
+            });
+            !waits.is_empty()
+        });
+        for request in expired {
+            self.retry_open(now, request);
         }
     }
 
@@ -555,7 +596,13 @@ impl Node {
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let session = self.timers.first().map(|(at, _)| *at);
-        let pool = self.pool.poll_timeout();
+        let waits = self
+            .awaiting_route
+            .values()
+            .flatten()
+            .map(|(deadline, _)| *deadline)
+            .min();
+        let pool = crate::time::earliest(self.pool.poll_timeout(), waits);
         crate::time::earliest(
             crate::time::earliest(session, self.tunnels.poll_timeout()),
             pool,
@@ -581,6 +628,7 @@ impl Node {
         self.pool
             .handle_timeout(now, |link| link_streams(slots, link));
         self.run_pool_actions(now);
+        self.expire_route_waits(now);
     }
 
     // ----- node-port visitors -----
@@ -606,6 +654,7 @@ impl Node {
             entry: Endpoint::Local(visitor),
             from_client: None,
             via_peer: false,
+            route_asked: false,
             open: pb::StreamOpen {
                 mapping_id: mapping_id.as_str().to_owned(),
                 target: None,
@@ -1109,6 +1158,7 @@ impl Node {
                             },
                             from_client,
                             via_peer,
+                            route_asked: false,
                             open,
                         };
                         self.request_tunnel(now, request);
@@ -1287,7 +1337,7 @@ impl Node {
             && self.routes.get(&client) == Some(&peer)
         {
             self.routes.remove(&client);
-            self.outputs.push_back(NodeOutput::RouteStale { client });
+            self.outputs.push_back(NodeOutput::LookupRoute { client });
         }
     }
 
@@ -1304,10 +1354,28 @@ impl Node {
         // Not here: over a bridge link to the node that holds it (never onward from a peer).
         if target_session.is_none()
             && !request.via_peer
-            && let Some(peer) = target_client.and_then(|c| self.routes.get(&c))
+            && let Some(client) = target_client
+            && self.config.cluster.is_some()
         {
-            let slots = &self.slots;
-            target_session = self.pool.pick(now, peer, |link| link_streams(slots, link));
+            match self.routes.get(&client) {
+                Some(peer) => {
+                    let slots = &self.slots;
+                    target_session = self.pool.pick(now, peer, |link| link_streams(slots, link));
+                }
+                // Unknown here: ask the runtime once, and wait for its answer.
+                None if !request.route_asked => {
+                    let waits = self.awaiting_route.entry(client).or_default();
+                    if waits.len() < ROUTE_WAITS_PER_CLIENT_MAX {
+                        if waits.is_empty() {
+                            self.outputs.push_back(NodeOutput::LookupRoute { client });
+                        }
+                        let deadline = now + self.config.tunnel.open_timeout;
+                        waits.push((deadline, request));
+                        return;
+                    }
+                }
+                None => {}
+            }
         }
         let ctx = OpenContext {
             mapping,
@@ -1586,6 +1654,9 @@ impl Node {
         Ok(())
     }
 }
+
+/// Most opens that may wait for one client's route (more are refused as if it were offline).
+const ROUTE_WAITS_PER_CLIENT_MAX: usize = 1024;
 
 /// Streams a link carries now (a link without a mux counts as full: it cannot take any).
 fn link_streams(slots: &BTreeMap<ConnId, Slot>, link: ConnId) -> u32 {

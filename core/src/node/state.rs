@@ -21,7 +21,7 @@ pub struct ControlState {
 }
 
 /// One durable change, emitted by the node for its storage to apply in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StateChange {
     /// Insert or replace a user.
     PutUser(User),

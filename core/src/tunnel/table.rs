@@ -52,6 +52,9 @@ pub struct OpenRequest {
     /// The open came over a bridge link from the peer node where the entry is: that node
     /// checked the entry side; this one serves the target, and never forwards it onward.
     pub via_peer: bool,
+    /// The node already asked for the target client's route for this open (so it does not wait
+    /// twice).
+    pub route_asked: bool,
     /// What the entry asked for.
     pub open: pb::StreamOpen,
 }

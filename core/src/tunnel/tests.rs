@@ -63,6 +63,7 @@ fn request(m: &Mapping, stream: u32) -> OpenRequest {
         entry: entry(stream),
         from_client: Some(LISTEN),
         via_peer: false,
+        route_asked: false,
         open: pb::StreamOpen {
             mapping_id: m.id.as_str().into(),
             target: None,
@@ -334,6 +335,7 @@ fn node_port_visitors_are_entries_too() {
         entry: Endpoint::Local(9),
         from_client: None,
         via_peer: false,
+        route_asked: false,
         open: pb::StreamOpen {
             mapping_id: m.id.as_str().into(),
             ..Default::default()

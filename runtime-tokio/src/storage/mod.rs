@@ -25,6 +25,7 @@ pub use kv::Storage;
 pub use memory::MemoryStorage;
 pub use redis_cache::RedisCache;
 pub use redis_link::RedisConfig;
+pub(crate) use redis_link::RedisLink;
 pub use redis_store::RedisStorage;
 pub use tunnox_core::node::{ControlState, StateChange};
 pub use tunnox_core::storage::{CacheEntry, CachePolicy, CacheStats, Versioned};

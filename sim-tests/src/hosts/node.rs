@@ -185,7 +185,7 @@ impl NodeHost {
             NodeOutput::Notice(notice) => self.on_notice(now, notice, ctx),
             // Single-node scenarios configure no cluster, so the node never asks these.
             NodeOutput::DialPeer { peer } => node.peer_dial_failed(now, &peer),
-            NodeOutput::RouteStale { .. } => {}
+            NodeOutput::LookupRoute { .. } => {}
         }
     }
 
