@@ -151,6 +151,232 @@ async fn exercise(store: &impl Storage) {
     );
     store.delete("v").await.unwrap();
     assert!(store.get_versioned("v").await.unwrap().version > before);
+
+    exercise_cas_scan_ttl(store).await;
+    exercise_lists(store).await;
+    store.ping().await.unwrap();
+}
+
+/// compare_and_swap, scan_prefix, expire and ttl.
+async fn exercise_cas_scan_ttl(store: &impl Storage) {
+    // compare_and_swap: absent → value → other value → deleted, each step raising the version.
+    assert!(
+        !store
+            .compare_and_swap("cas", Some(b("x")), Some(b("y")), None)
+            .await
+            .unwrap()
+    );
+    let before = store.get_versioned("cas").await.unwrap().version;
+    assert!(
+        store
+            .compare_and_swap("cas", None, Some(b("one")), None)
+            .await
+            .unwrap()
+    );
+    let one = store.get_versioned("cas").await.unwrap();
+    assert_eq!(one.value, Some(b("one")));
+    assert!(one.version > before);
+    assert!(
+        !store
+            .compare_and_swap("cas", None, Some(b("two")), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap("cas", Some(b("two")), Some(b("three")), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_versioned("cas").await.unwrap(),
+        one,
+        "a failed swap writes nothing"
+    );
+    assert!(
+        store
+            .compare_and_swap("cas", Some(b("one")), Some(b("two")), None)
+            .await
+            .unwrap()
+    );
+    let two = store.get_versioned("cas").await.unwrap();
+    assert_eq!(two.value, Some(b("two")));
+    assert!(two.version > one.version);
+    assert!(
+        store
+            .compare_and_swap("cas", Some(b("two")), None, None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.exists("cas").await.unwrap());
+    assert!(store.get_versioned("cas").await.unwrap().version > two.version);
+    // A lease: swapped in with a TTL, it expires.
+    assert!(
+        store
+            .compare_and_swap(
+                "lease",
+                None,
+                Some(b("node-1")),
+                Some(Duration::from_millis(150))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.ttl("lease").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store
+            .compare_and_swap("lease", None, Some(b("node-2")), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get("lease").await.unwrap(), Some(b("node-2")));
+    assert_eq!(
+        store.ttl("lease").await.unwrap(),
+        None,
+        "no TTL given: none kept"
+    );
+
+    // scan_prefix: sorted, bounded, exact prefix (glob characters are literal), lists left out.
+    for key in ["s/b", "s/a", "s/c", "s*x", "t/a", "s/", "s"] {
+        store.set(key, Bytes::from(key), None).await.unwrap();
+    }
+    store.list_push("s/list", b("l")).await.unwrap();
+    let scanned = store.scan_prefix("s/", 10).await.unwrap();
+    let keys: Vec<&str> = scanned.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["s/", "s/a", "s/b", "s/c"]);
+    assert_eq!(scanned[1].1, b("s/a"));
+    let keys: Vec<String> = store
+        .scan_prefix("s/", 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["s/", "s/a"]);
+    assert_eq!(
+        store.scan_prefix("s*", 10).await.unwrap(),
+        vec![("s*x".to_owned(), b("s*x"))]
+    );
+    assert!(store.scan_prefix("nothing/", 10).await.unwrap().is_empty());
+    assert!(store.scan_prefix("s/", 0).await.unwrap().is_empty());
+    store
+        .set("s/gone", b("g"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.scan_prefix("s/", 10).await.unwrap().len(),
+        4,
+        "expired keys are not scanned"
+    );
+
+    // expire / ttl.
+    assert_eq!(store.ttl("missing").await.unwrap(), None);
+    assert!(
+        !store
+            .expire("missing", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    store.set("e", b("v"), None).await.unwrap();
+    assert_eq!(store.ttl("e").await.unwrap(), None);
+    let before = store.get_versioned("e").await.unwrap().version;
+    assert!(store.expire("e", Duration::from_secs(60)).await.unwrap());
+    assert!(
+        store.get_versioned("e").await.unwrap().version > before,
+        "expire raises the version"
+    );
+    let left = store.ttl("e").await.unwrap().unwrap();
+    assert!(
+        left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    assert!(store.expire("e", Duration::from_millis(100)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!store.exists("e").await.unwrap());
+}
+
+/// list_push, list_range, list_remove, list_len, and what a list key does to value operations.
+async fn exercise_lists(store: &impl Storage) {
+    assert_eq!(store.list_len("l").await.unwrap(), 0);
+    assert!(store.list_range("l", 0, -1).await.unwrap().is_empty());
+    for (i, element) in ["a", "b", "a", "c"].into_iter().enumerate() {
+        assert_eq!(
+            store.list_push("l", b(element)).await.unwrap(),
+            i as u64 + 1
+        );
+    }
+    assert_eq!(store.list_len("l").await.unwrap(), 4);
+    assert!(store.exists("l").await.unwrap());
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("a"), b("b"), b("a"), b("c")]
+    );
+    assert_eq!(
+        store.list_range("l", 1, 2).await.unwrap(),
+        vec![b("b"), b("a")]
+    );
+    assert_eq!(
+        store.list_range("l", -2, -1).await.unwrap(),
+        vec![b("a"), b("c")]
+    );
+    assert_eq!(store.list_range("l", -100, 0).await.unwrap(), vec![b("a")]);
+    assert_eq!(store.list_range("l", 3, 100).await.unwrap(), vec![b("c")]);
+    assert!(store.list_range("l", 2, 1).await.unwrap().is_empty());
+    assert!(store.list_range("l", 10, 20).await.unwrap().is_empty());
+    let before = store.get_versioned("x").await.unwrap().version;
+    assert_eq!(store.list_remove("l", b"a").await.unwrap(), 2);
+    assert!(
+        store.get_versioned("x").await.unwrap().version > before,
+        "a list write raises the counter"
+    );
+    assert_eq!(store.list_remove("l", b"zz").await.unwrap(), 0);
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("b"), b("c")]
+    );
+    assert_eq!(store.list_remove("absent", b"a").await.unwrap(), 0);
+
+    // A list key refuses value operations, and a value key list operations.
+    let wrong = |r: Result<_, StorageError>| matches!(r, Err(StorageError::WrongKind { .. }));
+    assert!(wrong(store.get("l").await.map(|_| ())));
+    assert!(wrong(store.set("l", b("v"), None).await));
+    assert!(wrong(store.set_versioned("l", b("v")).await.map(|_| ())));
+    assert!(wrong(store.incr("l", 1).await.map(|_| ())));
+    assert!(wrong(
+        store
+            .compare_and_swap("l", None, Some(b("v")), None)
+            .await
+            .map(|_| ())
+    ));
+    assert!(wrong(
+        store
+            .set_many(&[("fresh", b("v")), ("l", b("v"))], None)
+            .await
+    ));
+    assert_eq!(
+        store.get("fresh").await.unwrap(),
+        None,
+        "set_many is all or nothing"
+    );
+    store.set("value", b("v"), None).await.unwrap();
+    assert!(wrong(store.list_push("value", b("e")).await.map(|_| ())));
+    assert!(wrong(store.list_range("value", 0, -1).await.map(|_| ())));
+    assert!(wrong(store.list_len("value").await.map(|_| ())));
+    assert!(wrong(store.list_remove("value", b"v").await.map(|_| ())));
+
+    // A list takes a TTL, and a delete.
+    assert!(store.expire("l", Duration::from_secs(30)).await.unwrap());
+    assert!(store.ttl("l").await.unwrap().is_some());
+    assert!(store.delete("l").await.unwrap());
+    assert_eq!(store.list_len("l").await.unwrap(), 0);
+    store.set("l", b("a value now"), None).await.unwrap();
+    assert_eq!(store.get("l").await.unwrap(), Some(b("a value now")));
+    // Emptying a list removes the key.
+    store.list_push("one", b("x")).await.unwrap();
+    assert_eq!(store.list_remove("one", b"x").await.unwrap(), 1);
+    assert!(!store.exists("one").await.unwrap());
 }
 
 #[tokio::test]
@@ -386,6 +612,57 @@ impl<S: Storage> Storage for Switchable<S> {
     async fn delete_versioned(&self, key: &str) -> Result<Versioned, StorageError> {
         self.check()?;
         self.inner.delete_versioned(key).await
+    }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.compare_and_swap(key, expected, new, ttl).await
+    }
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.check()?;
+        self.inner.scan_prefix(prefix, limit).await
+    }
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.expire(key, ttl).await
+    }
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StorageError> {
+        self.check()?;
+        self.inner.ttl(key).await
+    }
+    async fn list_push(&self, key: &str, value: Bytes) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_push(key, value).await
+    }
+    async fn list_range(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        self.check()?;
+        self.inner.list_range(key, start, stop).await
+    }
+    async fn list_remove(&self, key: &str, value: &[u8]) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_remove(key, value).await
+    }
+    async fn list_len(&self, key: &str) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_len(key).await
+    }
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.ping().await
     }
 }
 
