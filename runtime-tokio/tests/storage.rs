@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tunnox_core::storage::{CacheAside, CachePolicy, Lookup, Versioned};
 use tunnox_runtime_tokio::clock::WallClock;
 use tunnox_runtime_tokio::storage::{
-    HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, Storage, StorageError,
+    EmbeddedKv, HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, Storage,
+    StorageError,
 };
 
 fn b(text: &'static str) -> Bytes {
@@ -382,6 +383,100 @@ async fn exercise_lists(store: &impl Storage) {
 #[tokio::test]
 async fn every_operation_on_memory_storage() {
     exercise(&MemoryStorage::new()).await;
+}
+
+/// A fresh directory for one test's files.
+fn fresh_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(services::unique_prefix().replace('.', "") + test);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn every_operation_on_embedded_kv() {
+    let dir = fresh_dir("embedded-ops");
+    exercise(&EmbeddedKv::open(&dir.join("kv.redb")).unwrap()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn embedded_kv_keeps_values_lists_ttls_and_versions_across_a_restart() {
+    let dir = fresh_dir("embedded-restart");
+    let path = dir.join("kv.redb");
+    let store = EmbeddedKv::open(&path).unwrap();
+    let written = store.set_versioned("v", b("kept")).await.unwrap();
+    store
+        .set("ttl", b("t"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    store
+        .set("short", b("s"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    store.list_push("l", b("1")).await.unwrap();
+    store.list_push("l", b("2")).await.unwrap();
+    let counter = store.get_versioned("absent").await.unwrap().version;
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await; // "short" expires while closed
+
+    let store = EmbeddedKv::open(&path).unwrap();
+    assert_eq!(store.get_versioned("v").await.unwrap(), written);
+    assert_eq!(store.get("ttl").await.unwrap(), Some(b("t")));
+    let left = store.ttl("ttl").await.unwrap().unwrap();
+    assert!(left > Duration::from_secs(55), "{left:?}");
+    assert_eq!(
+        store.get("short").await.unwrap(),
+        None,
+        "expired while closed"
+    );
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("1"), b("2")]
+    );
+    assert_eq!(
+        store.get_versioned("absent").await.unwrap().version,
+        counter
+    );
+    let next = store.set_versioned("v", b("after")).await.unwrap();
+    assert!(
+        next.version > counter,
+        "versions go on from where they were"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_swap_lets_exactly_one_writer_win() {
+    let dir = fresh_dir("embedded-cas");
+    let store = std::sync::Arc::new(EmbeddedKv::open(&dir.join("kv.redb")).unwrap());
+    let memory = std::sync::Arc::new(MemoryStorage::new());
+    for round in 0..5 {
+        let key = format!("route-{round}");
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let (store, memory, key) = (store.clone(), memory.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = Bytes::from(format!("node-{writer}"));
+                let a = store
+                    .compare_and_swap(&key, None, Some(value.clone()), None)
+                    .await
+                    .unwrap();
+                let b = memory
+                    .compare_and_swap(&key, None, Some(value), None)
+                    .await
+                    .unwrap();
+                (a, b)
+            }));
+        }
+        let mut wins = (0, 0);
+        for task in tasks {
+            let (a, b) = task.await.unwrap();
+            wins.0 += usize::from(a);
+            wins.1 += usize::from(b);
+        }
+        assert_eq!(wins, (1, 1), "round {round}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
