@@ -13,8 +13,9 @@ use bytes::Bytes;
 use tunnox_core::storage::{CacheAside, CachePolicy, Lookup, Versioned};
 use tunnox_runtime_tokio::clock::WallClock;
 use tunnox_runtime_tokio::storage::{
-    EmbeddedKv, HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, Storage,
-    StorageError,
+    EmbeddedKv, HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, RemoteConfig,
+    RemoteStorage, RemoteTls, ServerTls, Storage, StorageError, StorageServer, StorageServerConfig,
+    StorageToken,
 };
 
 fn b(text: &'static str) -> Bytes {
@@ -860,4 +861,214 @@ async fn a_down_cache_falls_through_to_the_source() {
     assert!(err.is_unavailable(), "{err}");
     let err = store.set_versioned("k", b("v")).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+}
+
+// ---- RemoteStorage against an in-process StorageServer ----
+
+const TOKEN: &str = "a test token of enough length";
+
+fn token(text: &str) -> StorageToken {
+    StorageToken::new(text).unwrap()
+}
+
+/// A storage server over `store` on a free loopback port; its address and a handle that stops it.
+async fn start_server<S: Storage + 'static>(
+    store: S,
+    config: StorageServerConfig,
+    tls: Option<ServerTls>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = StorageServer::new(store, config);
+    tokio::spawn(async move {
+        server
+            .serve_on(listener, tls, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+fn remote(addr: impl ToString, token_text: &str) -> RemoteStorage {
+    RemoteStorage::connect(RemoteConfig::new(addr.to_string(), token(token_text))).unwrap()
+}
+
+#[tokio::test]
+async fn every_operation_on_remote_storage_over_embedded_kv() {
+    let dir = fresh_dir("remote-ops");
+    let store = EmbeddedKv::open(&dir.join("kv.redb")).unwrap();
+    let (addr, _stop) = start_server(store, StorageServerConfig::new(token(TOKEN)), None).await;
+    exercise(&remote(addr, TOKEN)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_server_requires_the_right_token() {
+    let (addr, _stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        None,
+    )
+    .await;
+    // No token at all: a plain gRPC call without the signature.
+    let mut bare = tunnox_proto::storage::storage_service_client::StorageServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    let status = bare
+        .ping(tunnox_proto::storage::PingRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // A wrong token.
+    let wrong = remote(addr, "not the right token at all");
+    let err = wrong.get("k").await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::Unauthenticated { .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        wrong.set("k", b("v"), None).await,
+        Err(StorageError::Unauthenticated { .. })
+    ));
+    // The right one.
+    let right = remote(addr, TOKEN);
+    right.ping().await.unwrap();
+    right.set("k", b("v"), None).await.unwrap();
+    assert_eq!(right.get("k").await.unwrap(), Some(b("v")));
+    assert!(wrong.get("k").await.is_err());
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_not_a_crash() {
+    let mut config = StorageServerConfig::new(token(TOKEN));
+    config.value_bytes_max = 1024;
+    config.items_max = 4;
+    let (addr, _stop) = start_server(MemoryStorage::new(), config, None).await;
+    let store = remote(addr, TOKEN);
+    let invalid = |r: Result<(), StorageError>| matches!(r, Err(StorageError::Invalid { .. }));
+    assert!(invalid(store.set("", b("v"), None).await));
+    assert!(invalid(store.get("").await.map(|_| ())));
+    assert!(invalid(
+        store.set("k", Bytes::from(vec![0u8; 1025]), None).await
+    ));
+    assert!(invalid(
+        store
+            .list_push("l", Bytes::from(vec![0u8; 1025]))
+            .await
+            .map(|_| ())
+    ));
+    assert!(invalid(store.set(&"k".repeat(2000), b("v"), None).await));
+    assert!(invalid(
+        store.get_many(&["a", "b", "c", "d", "e"]).await.map(|_| ())
+    ));
+    assert!(invalid(store.scan_prefix("", 5).await.map(|_| ())));
+    for _ in 0..6 {
+        store.list_push("long", b("x")).await.unwrap();
+    }
+    assert!(invalid(store.list_range("long", 0, -1).await.map(|_| ())));
+    assert_eq!(store.list_range("long", 0, 3).await.unwrap().len(), 4);
+    // What fits the limits still works, and the server is still up.
+    store
+        .set("k", Bytes::from(vec![7u8; 1024]), None)
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap().len(), 1024);
+    assert_eq!(store.get_many(&["k", "x"]).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_down_server_is_unavailable_and_only_idempotent_calls_are_retried() {
+    let (addr, stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        None,
+    )
+    .await;
+    let proxy = services::CutProxy::start(addr).await;
+    let mut config = RemoteConfig::new(proxy.addr().to_string(), token(TOKEN));
+    config.retries_max = 3;
+    let store = RemoteStorage::connect(config).unwrap();
+    store.set("k", b("v"), None).await.unwrap();
+
+    proxy.cut();
+    // The first call after the cut fails on the connection it had; count from the next one.
+    let _ = store.incr("n", 1).await;
+    let before = proxy.accepted();
+    let err = store.get("k").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let get_attempts = proxy.accepted() - before;
+    assert_eq!(get_attempts, 4, "get: 1 attempt and 3 retries");
+    let before = proxy.accepted();
+    let err = store.incr("n", 1).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(proxy.accepted() - before, 1, "incr is sent once");
+
+    proxy.heal();
+    assert_eq!(store.get("k").await.unwrap(), Some(b("v")));
+    // The server itself stopped: still a typed error, quickly.
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let err = remote(addr, TOKEN).get("k").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn remote_storage_over_tls_checks_the_server_certificate() {
+    let generated = rcgen::generate_simple_self_signed(vec!["storage.test".to_owned()]).unwrap();
+    let tls = ServerTls {
+        cert_pem: generated.cert.pem().into_bytes(),
+        key_pem: generated.signing_key.serialize_pem().into_bytes(),
+    };
+    let (addr, _stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        Some(tls),
+    )
+    .await;
+    let dir = fresh_dir("remote-tls");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, generated.cert.pem()).unwrap();
+    let with_tls = |server_name: &str| {
+        let mut config = RemoteConfig::new(addr.to_string(), token(TOKEN));
+        config.retries_max = 0;
+        config.tls = Some(RemoteTls {
+            ca_file: ca_file.clone(),
+            server_name: server_name.to_owned(),
+        });
+        RemoteStorage::connect(config).unwrap()
+    };
+    let store = with_tls("storage.test");
+    store.set("k", b("over tls"), None).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap(), Some(b("over tls")));
+    // Another name than the certificate's: refused.
+    assert!(with_tls("other.test").get("k").await.is_err());
+    // Plaintext to a TLS server: no answer.
+    let mut plain = RemoteConfig::new(addr.to_string(), token(TOKEN));
+    plain.retries_max = 0;
+    assert!(
+        RemoteStorage::connect(plain)
+            .unwrap()
+            .get("k")
+            .await
+            .is_err()
+    );
+    // A CA file that does not exist: a clear error at connect.
+    let mut missing = RemoteConfig::new(addr.to_string(), token(TOKEN));
+    missing.tls = Some(RemoteTls {
+        ca_file: dir.join("missing.pem"),
+        server_name: "storage.test".into(),
+    });
+    assert!(RemoteStorage::connect(missing).is_err());
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -20,6 +20,7 @@ mod memory;
 mod redis_cache;
 mod redis_link;
 mod redis_store;
+pub mod remote;
 
 pub use embedded::EmbeddedStore;
 pub use embedded_kv::EmbeddedKv;
@@ -30,5 +31,10 @@ pub use memory::MemoryStorage;
 pub use redis_cache::RedisCache;
 pub use redis_link::RedisConfig;
 pub use redis_store::RedisStorage;
+pub use remote::auth::{AuthError, StorageToken};
+pub use remote::{
+    RemoteConfig, RemoteStorage, RemoteTls, ServeError, ServerTls, StorageServer,
+    StorageServerConfig,
+};
 pub use tunnox_core::node::{ControlState, StateChange};
 pub use tunnox_core::storage::{CacheEntry, CachePolicy, CacheStats, Versioned};
