@@ -8,6 +8,7 @@ mod config;
 mod quickstart;
 mod server;
 mod sim;
+mod storage_server;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
@@ -43,7 +44,7 @@ enum Command {
     /// Run one deterministic simulation and print its summary.
     Sim(sim::SimArgs),
     /// Serve the StorageService over the embedded store.
-    StorageServer,
+    StorageServer(storage_server::StorageServerArgs),
     /// Start a node, two clients and an echo target on loopback and tunnel bytes through them.
     Quickstart,
 }
@@ -55,8 +56,7 @@ impl Command {
             Command::Sim(_) => return None,
             Command::Server(_) | Command::Client(_) => return None,
             Command::Admin => ("admin", "the management API issue (#6)"),
-            Command::StorageServer => ("storage-server", "the cluster issue (#5)"),
-            Command::Quickstart => return None,
+            Command::StorageServer(_) | Command::Quickstart => return None,
         })
     }
 }
@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
             Command::Sim(args) => sim::main(args),
             Command::Server(args) => runtime()?.block_on(server::run(args)),
             Command::Client(args) => runtime()?.block_on(client::run(args)),
+            Command::StorageServer(args) => runtime()?.block_on(storage_server::run(args)),
             _ => {
                 let report = runtime()?.block_on(quickstart::run())?;
                 quickstart::print(&report);
@@ -84,6 +85,7 @@ fn main() -> anyhow::Result<()> {
     };
     bail!(
         "`tunnox {name}` is not built yet: it arrives with {issue}. \
-         What runs today: `tunnox server`, `tunnox client`, `tunnox quickstart`, `tunnox sim`."
+         What runs today: `tunnox server`, `tunnox client`, `tunnox quickstart`, `tunnox sim`, \
+         `tunnox storage-server`."
     )
 }

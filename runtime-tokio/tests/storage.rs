@@ -13,7 +13,9 @@ use bytes::Bytes;
 use tunnox_core::storage::{CacheAside, CachePolicy, Lookup, Versioned};
 use tunnox_runtime_tokio::clock::WallClock;
 use tunnox_runtime_tokio::storage::{
-    HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, Storage, StorageError,
+    EmbeddedKv, HybridStorage, MemoryStorage, RedisCache, RedisConfig, RedisStorage, RemoteConfig,
+    RemoteStorage, RemoteTls, ServerTls, Storage, StorageError, StorageServer, StorageServerConfig,
+    StorageToken,
 };
 
 fn b(text: &'static str) -> Bytes {
@@ -151,11 +153,331 @@ async fn exercise(store: &impl Storage) {
     );
     store.delete("v").await.unwrap();
     assert!(store.get_versioned("v").await.unwrap().version > before);
+
+    exercise_cas_scan_ttl(store).await;
+    exercise_lists(store).await;
+    store.ping().await.unwrap();
+}
+
+/// compare_and_swap, scan_prefix, expire and ttl.
+async fn exercise_cas_scan_ttl(store: &impl Storage) {
+    // compare_and_swap: absent → value → other value → deleted, each step raising the version.
+    assert!(
+        !store
+            .compare_and_swap("cas", Some(b("x")), Some(b("y")), None)
+            .await
+            .unwrap()
+    );
+    let before = store.get_versioned("cas").await.unwrap().version;
+    assert!(
+        store
+            .compare_and_swap("cas", None, Some(b("one")), None)
+            .await
+            .unwrap()
+    );
+    let one = store.get_versioned("cas").await.unwrap();
+    assert_eq!(one.value, Some(b("one")));
+    assert!(one.version > before);
+    assert!(
+        !store
+            .compare_and_swap("cas", None, Some(b("two")), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .compare_and_swap("cas", Some(b("two")), Some(b("three")), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get_versioned("cas").await.unwrap(),
+        one,
+        "a failed swap writes nothing"
+    );
+    assert!(
+        store
+            .compare_and_swap("cas", Some(b("one")), Some(b("two")), None)
+            .await
+            .unwrap()
+    );
+    let two = store.get_versioned("cas").await.unwrap();
+    assert_eq!(two.value, Some(b("two")));
+    assert!(two.version > one.version);
+    assert!(
+        store
+            .compare_and_swap("cas", Some(b("two")), None, None)
+            .await
+            .unwrap()
+    );
+    assert!(!store.exists("cas").await.unwrap());
+    assert!(store.get_versioned("cas").await.unwrap().version > two.version);
+    // A lease: swapped in with a TTL, it expires.
+    assert!(
+        store
+            .compare_and_swap(
+                "lease",
+                None,
+                Some(b("node-1")),
+                Some(Duration::from_millis(150))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(store.ttl("lease").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        store
+            .compare_and_swap("lease", None, Some(b("node-2")), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get("lease").await.unwrap(), Some(b("node-2")));
+    assert_eq!(
+        store.ttl("lease").await.unwrap(),
+        None,
+        "no TTL given: none kept"
+    );
+
+    // scan_prefix: sorted, bounded, exact prefix (glob characters are literal), lists left out.
+    for key in ["s/b", "s/a", "s/c", "s*x", "t/a", "s/", "s"] {
+        store.set(key, Bytes::from(key), None).await.unwrap();
+    }
+    store.list_push("s/list", b("l")).await.unwrap();
+    let scanned = store.scan_prefix("s/", 10).await.unwrap();
+    let keys: Vec<&str> = scanned.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(keys, ["s/", "s/a", "s/b", "s/c"]);
+    assert_eq!(scanned[1].1, b("s/a"));
+    let keys: Vec<String> = store
+        .scan_prefix("s/", 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, ["s/", "s/a"]);
+    assert_eq!(
+        store.scan_prefix("s*", 10).await.unwrap(),
+        vec![("s*x".to_owned(), b("s*x"))]
+    );
+    assert!(store.scan_prefix("nothing/", 10).await.unwrap().is_empty());
+    assert!(store.scan_prefix("s/", 0).await.unwrap().is_empty());
+    store
+        .set("s/gone", b("g"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        store.scan_prefix("s/", 10).await.unwrap().len(),
+        4,
+        "expired keys are not scanned"
+    );
+
+    // expire / ttl.
+    assert_eq!(store.ttl("missing").await.unwrap(), None);
+    assert!(
+        !store
+            .expire("missing", Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    store.set("e", b("v"), None).await.unwrap();
+    assert_eq!(store.ttl("e").await.unwrap(), None);
+    let before = store.get_versioned("e").await.unwrap().version;
+    assert!(store.expire("e", Duration::from_secs(60)).await.unwrap());
+    assert!(
+        store.get_versioned("e").await.unwrap().version > before,
+        "expire raises the version"
+    );
+    let left = store.ttl("e").await.unwrap().unwrap();
+    assert!(
+        left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+    assert!(store.expire("e", Duration::from_millis(100)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!store.exists("e").await.unwrap());
+}
+
+/// list_push, list_range, list_remove, list_len, and what a list key does to value operations.
+async fn exercise_lists(store: &impl Storage) {
+    assert_eq!(store.list_len("l").await.unwrap(), 0);
+    assert!(store.list_range("l", 0, -1).await.unwrap().is_empty());
+    for (i, element) in ["a", "b", "a", "c"].into_iter().enumerate() {
+        assert_eq!(
+            store.list_push("l", b(element)).await.unwrap(),
+            i as u64 + 1
+        );
+    }
+    assert_eq!(store.list_len("l").await.unwrap(), 4);
+    assert!(store.exists("l").await.unwrap());
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("a"), b("b"), b("a"), b("c")]
+    );
+    assert_eq!(
+        store.list_range("l", 1, 2).await.unwrap(),
+        vec![b("b"), b("a")]
+    );
+    assert_eq!(
+        store.list_range("l", -2, -1).await.unwrap(),
+        vec![b("a"), b("c")]
+    );
+    assert_eq!(store.list_range("l", -100, 0).await.unwrap(), vec![b("a")]);
+    assert_eq!(store.list_range("l", 3, 100).await.unwrap(), vec![b("c")]);
+    assert!(store.list_range("l", 2, 1).await.unwrap().is_empty());
+    assert!(store.list_range("l", 10, 20).await.unwrap().is_empty());
+    let before = store.get_versioned("x").await.unwrap().version;
+    assert_eq!(store.list_remove("l", b"a").await.unwrap(), 2);
+    assert!(
+        store.get_versioned("x").await.unwrap().version > before,
+        "a list write raises the counter"
+    );
+    assert_eq!(store.list_remove("l", b"zz").await.unwrap(), 0);
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("b"), b("c")]
+    );
+    assert_eq!(store.list_remove("absent", b"a").await.unwrap(), 0);
+
+    // A list key refuses value operations, and a value key list operations.
+    let wrong = |r: Result<_, StorageError>| matches!(r, Err(StorageError::WrongKind { .. }));
+    assert!(wrong(store.get("l").await.map(|_| ())));
+    assert!(wrong(store.set("l", b("v"), None).await));
+    assert!(wrong(store.set_versioned("l", b("v")).await.map(|_| ())));
+    assert!(wrong(store.incr("l", 1).await.map(|_| ())));
+    assert!(wrong(
+        store
+            .compare_and_swap("l", None, Some(b("v")), None)
+            .await
+            .map(|_| ())
+    ));
+    assert!(wrong(
+        store
+            .set_many(&[("fresh", b("v")), ("l", b("v"))], None)
+            .await
+    ));
+    assert_eq!(
+        store.get("fresh").await.unwrap(),
+        None,
+        "set_many is all or nothing"
+    );
+    store.set("value", b("v"), None).await.unwrap();
+    assert!(wrong(store.list_push("value", b("e")).await.map(|_| ())));
+    assert!(wrong(store.list_range("value", 0, -1).await.map(|_| ())));
+    assert!(wrong(store.list_len("value").await.map(|_| ())));
+    assert!(wrong(store.list_remove("value", b"v").await.map(|_| ())));
+
+    // A list takes a TTL, and a delete.
+    assert!(store.expire("l", Duration::from_secs(30)).await.unwrap());
+    assert!(store.ttl("l").await.unwrap().is_some());
+    assert!(store.delete("l").await.unwrap());
+    assert_eq!(store.list_len("l").await.unwrap(), 0);
+    store.set("l", b("a value now"), None).await.unwrap();
+    assert_eq!(store.get("l").await.unwrap(), Some(b("a value now")));
+    // Emptying a list removes the key.
+    store.list_push("one", b("x")).await.unwrap();
+    assert_eq!(store.list_remove("one", b"x").await.unwrap(), 1);
+    assert!(!store.exists("one").await.unwrap());
 }
 
 #[tokio::test]
 async fn every_operation_on_memory_storage() {
     exercise(&MemoryStorage::new()).await;
+}
+
+/// A fresh directory for one test's files.
+fn fresh_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(services::unique_prefix().replace('.', "") + test);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn every_operation_on_embedded_kv() {
+    let dir = fresh_dir("embedded-ops");
+    exercise(&EmbeddedKv::open(&dir.join("kv.redb")).unwrap()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn embedded_kv_keeps_values_lists_ttls_and_versions_across_a_restart() {
+    let dir = fresh_dir("embedded-restart");
+    let path = dir.join("kv.redb");
+    let store = EmbeddedKv::open(&path).unwrap();
+    let written = store.set_versioned("v", b("kept")).await.unwrap();
+    store
+        .set("ttl", b("t"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    store
+        .set("short", b("s"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    store.list_push("l", b("1")).await.unwrap();
+    store.list_push("l", b("2")).await.unwrap();
+    let counter = store.get_versioned("absent").await.unwrap().version;
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await; // "short" expires while closed
+
+    let store = EmbeddedKv::open(&path).unwrap();
+    assert_eq!(store.get_versioned("v").await.unwrap(), written);
+    assert_eq!(store.get("ttl").await.unwrap(), Some(b("t")));
+    let left = store.ttl("ttl").await.unwrap().unwrap();
+    assert!(left > Duration::from_secs(55), "{left:?}");
+    assert_eq!(
+        store.get("short").await.unwrap(),
+        None,
+        "expired while closed"
+    );
+    assert_eq!(
+        store.list_range("l", 0, -1).await.unwrap(),
+        vec![b("1"), b("2")]
+    );
+    assert_eq!(
+        store.get_versioned("absent").await.unwrap().version,
+        counter
+    );
+    let next = store.set_versioned("v", b("after")).await.unwrap();
+    assert!(
+        next.version > counter,
+        "versions go on from where they were"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn concurrent_compare_and_swap_lets_exactly_one_writer_win() {
+    let dir = fresh_dir("embedded-cas");
+    let store = std::sync::Arc::new(EmbeddedKv::open(&dir.join("kv.redb")).unwrap());
+    let memory = std::sync::Arc::new(MemoryStorage::new());
+    for round in 0..5 {
+        let key = format!("route-{round}");
+        let mut tasks = Vec::new();
+        for writer in 0..8 {
+            let (store, memory, key) = (store.clone(), memory.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let value = Bytes::from(format!("node-{writer}"));
+                let a = store
+                    .compare_and_swap(&key, None, Some(value.clone()), None)
+                    .await
+                    .unwrap();
+                let b = memory
+                    .compare_and_swap(&key, None, Some(value), None)
+                    .await
+                    .unwrap();
+                (a, b)
+            }));
+        }
+        let mut wins = (0, 0);
+        for task in tasks {
+            let (a, b) = task.await.unwrap();
+            wins.0 += usize::from(a);
+            wins.1 += usize::from(b);
+        }
+        assert_eq!(wins, (1, 1), "round {round}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]
@@ -387,6 +709,57 @@ impl<S: Storage> Storage for Switchable<S> {
         self.check()?;
         self.inner.delete_versioned(key).await
     }
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.compare_and_swap(key, expected, new, ttl).await
+    }
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.check()?;
+        self.inner.scan_prefix(prefix, limit).await
+    }
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        self.check()?;
+        self.inner.expire(key, ttl).await
+    }
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StorageError> {
+        self.check()?;
+        self.inner.ttl(key).await
+    }
+    async fn list_push(&self, key: &str, value: Bytes) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_push(key, value).await
+    }
+    async fn list_range(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        self.check()?;
+        self.inner.list_range(key, start, stop).await
+    }
+    async fn list_remove(&self, key: &str, value: &[u8]) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_remove(key, value).await
+    }
+    async fn list_len(&self, key: &str) -> Result<u64, StorageError> {
+        self.check()?;
+        self.inner.list_len(key).await
+    }
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.ping().await
+    }
 }
 
 #[tokio::test]
@@ -488,4 +861,214 @@ async fn a_down_cache_falls_through_to_the_source() {
     assert!(err.is_unavailable(), "{err}");
     let err = store.set_versioned("k", b("v")).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
+}
+
+// ---- RemoteStorage against an in-process StorageServer ----
+
+const TOKEN: &str = "a test token of enough length";
+
+fn token(text: &str) -> StorageToken {
+    StorageToken::new(text).unwrap()
+}
+
+/// A storage server over `store` on a free loopback port; its address and a handle that stops it.
+async fn start_server<S: Storage + 'static>(
+    store: S,
+    config: StorageServerConfig,
+    tls: Option<ServerTls>,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = StorageServer::new(store, config);
+    tokio::spawn(async move {
+        server
+            .serve_on(listener, tls, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+fn remote(addr: impl ToString, token_text: &str) -> RemoteStorage {
+    RemoteStorage::connect(RemoteConfig::new(addr.to_string(), token(token_text))).unwrap()
+}
+
+#[tokio::test]
+async fn every_operation_on_remote_storage_over_embedded_kv() {
+    let dir = fresh_dir("remote-ops");
+    let store = EmbeddedKv::open(&dir.join("kv.redb")).unwrap();
+    let (addr, _stop) = start_server(store, StorageServerConfig::new(token(TOKEN)), None).await;
+    exercise(&remote(addr, TOKEN)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_server_requires_the_right_token() {
+    let (addr, _stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        None,
+    )
+    .await;
+    // No token at all: a plain gRPC call without the signature.
+    let mut bare = tunnox_proto::storage::storage_service_client::StorageServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
+    let status = bare
+        .ping(tunnox_proto::storage::PingRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    // A wrong token.
+    let wrong = remote(addr, "not the right token at all");
+    let err = wrong.get("k").await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::Unauthenticated { .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        wrong.set("k", b("v"), None).await,
+        Err(StorageError::Unauthenticated { .. })
+    ));
+    // The right one.
+    let right = remote(addr, TOKEN);
+    right.ping().await.unwrap();
+    right.set("k", b("v"), None).await.unwrap();
+    assert_eq!(right.get("k").await.unwrap(), Some(b("v")));
+    assert!(wrong.get("k").await.is_err());
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_not_a_crash() {
+    let mut config = StorageServerConfig::new(token(TOKEN));
+    config.value_bytes_max = 1024;
+    config.items_max = 4;
+    let (addr, _stop) = start_server(MemoryStorage::new(), config, None).await;
+    let store = remote(addr, TOKEN);
+    let invalid = |r: Result<(), StorageError>| matches!(r, Err(StorageError::Invalid { .. }));
+    assert!(invalid(store.set("", b("v"), None).await));
+    assert!(invalid(store.get("").await.map(|_| ())));
+    assert!(invalid(
+        store.set("k", Bytes::from(vec![0u8; 1025]), None).await
+    ));
+    assert!(invalid(
+        store
+            .list_push("l", Bytes::from(vec![0u8; 1025]))
+            .await
+            .map(|_| ())
+    ));
+    assert!(invalid(store.set(&"k".repeat(2000), b("v"), None).await));
+    assert!(invalid(
+        store.get_many(&["a", "b", "c", "d", "e"]).await.map(|_| ())
+    ));
+    assert!(invalid(store.scan_prefix("", 5).await.map(|_| ())));
+    for _ in 0..6 {
+        store.list_push("long", b("x")).await.unwrap();
+    }
+    assert!(invalid(store.list_range("long", 0, -1).await.map(|_| ())));
+    assert_eq!(store.list_range("long", 0, 3).await.unwrap().len(), 4);
+    // What fits the limits still works, and the server is still up.
+    store
+        .set("k", Bytes::from(vec![7u8; 1024]), None)
+        .await
+        .unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap().len(), 1024);
+    assert_eq!(store.get_many(&["k", "x"]).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_down_server_is_unavailable_and_only_idempotent_calls_are_retried() {
+    let (addr, stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        None,
+    )
+    .await;
+    let proxy = services::CutProxy::start(addr).await;
+    let mut config = RemoteConfig::new(proxy.addr().to_string(), token(TOKEN));
+    config.retries_max = 3;
+    let store = RemoteStorage::connect(config).unwrap();
+    store.set("k", b("v"), None).await.unwrap();
+
+    proxy.cut();
+    // The first call after the cut fails on the connection it had; count from the next one.
+    let _ = store.incr("n", 1).await;
+    let before = proxy.accepted();
+    let err = store.get("k").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let get_attempts = proxy.accepted() - before;
+    assert_eq!(get_attempts, 4, "get: 1 attempt and 3 retries");
+    let before = proxy.accepted();
+    let err = store.incr("n", 1).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert_eq!(proxy.accepted() - before, 1, "incr is sent once");
+
+    proxy.heal();
+    assert_eq!(store.get("k").await.unwrap(), Some(b("v")));
+    // The server itself stopped: still a typed error, quickly.
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let err = remote(addr, TOKEN).get("k").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    assert!(
+        started.elapsed() <= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn remote_storage_over_tls_checks_the_server_certificate() {
+    let generated = rcgen::generate_simple_self_signed(vec!["storage.test".to_owned()]).unwrap();
+    let tls = ServerTls {
+        cert_pem: generated.cert.pem().into_bytes(),
+        key_pem: generated.signing_key.serialize_pem().into_bytes(),
+    };
+    let (addr, _stop) = start_server(
+        MemoryStorage::new(),
+        StorageServerConfig::new(token(TOKEN)),
+        Some(tls),
+    )
+    .await;
+    let dir = fresh_dir("remote-tls");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, generated.cert.pem()).unwrap();
+    let with_tls = |server_name: &str| {
+        let mut config = RemoteConfig::new(addr.to_string(), token(TOKEN));
+        config.retries_max = 0;
+        config.tls = Some(RemoteTls {
+            ca_file: ca_file.clone(),
+            server_name: server_name.to_owned(),
+        });
+        RemoteStorage::connect(config).unwrap()
+    };
+    let store = with_tls("storage.test");
+    store.set("k", b("over tls"), None).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap(), Some(b("over tls")));
+    // Another name than the certificate's: refused.
+    assert!(with_tls("other.test").get("k").await.is_err());
+    // Plaintext to a TLS server: no answer.
+    let mut plain = RemoteConfig::new(addr.to_string(), token(TOKEN));
+    plain.retries_max = 0;
+    assert!(
+        RemoteStorage::connect(plain)
+            .unwrap()
+            .get("k")
+            .await
+            .is_err()
+    );
+    // A CA file that does not exist: a clear error at connect.
+    let mut missing = RemoteConfig::new(addr.to_string(), token(TOKEN));
+    missing.tls = Some(RemoteTls {
+        ca_file: dir.join("missing.pem"),
+        server_name: "storage.test".into(),
+    });
+    assert!(RemoteStorage::connect(missing).is_err());
+    let _ = std::fs::remove_dir_all(dir);
 }

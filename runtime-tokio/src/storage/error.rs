@@ -51,6 +51,28 @@ pub enum StorageError {
         /// The key.
         key: String,
     },
+    /// A value operation on a key that holds a list, or a list operation on one holding a value.
+    #[error("the key {key} holds the other kind (a list where a value is expected, or back)")]
+    WrongKind {
+        /// The key.
+        key: String,
+    },
+    /// The backend would not take the caller's credentials (none, wrong, or out of date).
+    #[error("{backend} storage did not accept the credentials: {reason}")]
+    Unauthenticated {
+        /// Which backend.
+        backend: &'static str,
+        /// What it said.
+        reason: String,
+    },
+    /// The request is not valid (an empty key, a value over the size limit, too many keys…).
+    #[error("{backend} storage rejected an invalid request: {reason}")]
+    Invalid {
+        /// Which backend.
+        backend: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
     /// The backend answered with an error of its own.
     #[error("{backend} storage refused the operation: {reason}")]
     Refused {

@@ -8,6 +8,10 @@
 //! version cannot replace it. When the source is down, reads are answered from entries past
 //! their freshness but still kept (degraded, counted) and writes fail. When the cache is down,
 //! reads and writes go to the source alone and the failures are counted.
+//!
+//! Only values are cached. Lists, prefix scans and TTL reads go to the source every time; so a
+//! key deleted (its absence cached) and then pushed to as a list may read as absent, instead of
+//! failing with `WrongKind`, until that cache entry is no longer fresh.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -167,11 +171,22 @@ impl<S: Storage> HybridStorage<S> {
                         self.offer(key, &entry).await;
                     }
                 }
+                // Lists are not cached: nothing to update.
+                Err(StorageError::WrongKind { .. }) => {}
                 // The write is in; only the cache update failed, which the bound covers.
                 Err(_) => self.cache_failed(),
             }
         }
         Ok(answer)
+    }
+
+    /// A write that leaves no cache entry to update (a list write) reached the source (or
+    /// failed): counts a failure like any failed write.
+    fn uncached_written<T>(&self, written: Result<T, StorageError>) -> Result<T, StorageError> {
+        if written.is_err() {
+            let _failed = self.rules().source_written(self.now(), Err(SourceDown));
+        }
+        written
     }
 }
 
@@ -201,7 +216,12 @@ impl<S: Storage> Storage for HybridStorage<S> {
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        Ok(self.read(key).await?.is_some())
+        match self.read(key).await {
+            Ok(value) => Ok(value.is_some()),
+            // The key holds a list (lists are not cached).
+            Err(StorageError::WrongKind { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_if_absent(
@@ -254,5 +274,64 @@ impl<S: Storage> Storage for HybridStorage<S> {
     async fn delete_versioned(&self, key: &str) -> Result<Versioned, StorageError> {
         let written = self.source.delete_versioned(key).await;
         self.written(key, written).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        let written = self.source.compare_and_swap(key, expected, new, ttl).await;
+        self.unversioned_written(&[key], written).await
+    }
+
+    /// Straight from the source: scans bypass the cache (they would miss it anyway).
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        self.source.scan_prefix(prefix, limit).await
+    }
+
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        let written = self.source.expire(key, ttl).await;
+        self.unversioned_written(&[key], written).await
+    }
+
+    /// Straight from the source: cache entries do not mirror source TTLs.
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StorageError> {
+        self.source.ttl(key).await
+    }
+
+    async fn list_push(&self, key: &str, value: Bytes) -> Result<u64, StorageError> {
+        let written = self.source.list_push(key, value).await;
+        self.uncached_written(written)
+    }
+
+    /// Straight from the source: lists are not cached.
+    async fn list_range(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        self.source.list_range(key, start, stop).await
+    }
+
+    async fn list_remove(&self, key: &str, value: &[u8]) -> Result<u64, StorageError> {
+        let written = self.source.list_remove(key, value).await;
+        self.uncached_written(written)
+    }
+
+    async fn list_len(&self, key: &str) -> Result<u64, StorageError> {
+        self.source.list_len(key).await
+    }
+
+    /// Pings the source (the cache being down only costs speed).
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.source.ping().await
     }
 }

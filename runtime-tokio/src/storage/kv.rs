@@ -5,6 +5,11 @@
 //! written again gets a version above 7. A read of an absent key reports the counter's current
 //! value, meaning "absent as of then". The cache in front of a store
 //! ([`super::HybridStorage`]) relies on this to refuse stale fills.
+//!
+//! A key holds either a value or a list. The value methods (`get`, `set`, `incr`,
+//! `compare_and_swap`, …) on a key that holds a list, and the `list_*` methods on a key that holds
+//! a value, fail with [`StorageError::WrongKind`]; `exists`, `delete`, `expire` and `ttl` take
+//! either. List writes raise the version too, but a list has no versioned read.
 
 use std::future::Future;
 use std::time::Duration;
@@ -81,6 +86,87 @@ pub trait Storage: Send + Sync {
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Versioned, StorageError>> + Send;
+
+    /// Replaces the value at `key` with `new` (`None`: deletes it, `ttl` then unused) if it is
+    /// `expected` (`None`: the key holds nothing); whether it did. One atomic step.
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// The values whose keys start with `prefix`, sorted by key, at most `limit` of them (keys
+    /// holding lists are left out).
+    fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(String, Bytes)>, StorageError>> + Send;
+
+    /// Makes `key` (a value or a list) expire after `ttl`; whether it exists.
+    fn expire(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<bool, StorageError>> + Send;
+
+    /// The time `key` has left (`None`: absent, or never expires).
+    fn ttl(&self, key: &str)
+    -> impl Future<Output = Result<Option<Duration>, StorageError>> + Send;
+
+    /// Appends `value` to the list at `key` (absent: a new list); the new length.
+    fn list_push(
+        &self,
+        key: &str,
+        value: Bytes,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// The list's elements from `start` to `stop`, both inclusive; a negative index counts from
+    /// the end (-1: the last). An absent key is an empty list.
+    fn list_range(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> impl Future<Output = Result<Vec<Bytes>, StorageError>> + Send;
+
+    /// Removes every element equal to `value` from the list at `key`; how many it removed.
+    fn list_remove(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// The length of the list at `key` (absent: 0).
+    fn list_len(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Answers when the store can be reached.
+    fn ping(&self) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// The positions `start..=stop` (negative: from the end) of a list of `len` elements, as a
+/// half-open range clamped to the list (empty when nothing is selected), like Redis's LRANGE.
+pub(crate) fn list_window(len: usize, start: i64, stop: i64) -> std::ops::Range<usize> {
+    let len_i = i64::try_from(len).unwrap_or(i64::MAX);
+    let resolve = |index: i64| if index < 0 { len_i + index } else { index };
+    let first = resolve(start).max(0);
+    let last = resolve(stop).min(len_i - 1);
+    if first > last {
+        return 0..0;
+    }
+    // Both are within 0..len here.
+    let first = usize::try_from(first).unwrap_or(len);
+    let last = usize::try_from(last).unwrap_or(len);
+    first..last.saturating_add(1).min(len)
+}
+
+/// The error for `key` holding the other kind (a value where a list is expected, or back).
+pub(crate) fn wrong_kind(key: &str) -> StorageError {
+    StorageError::WrongKind {
+        key: key.to_owned(),
+    }
 }
 
 /// Parses a stored counter value for `incr`.

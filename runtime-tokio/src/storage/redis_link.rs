@@ -104,6 +104,10 @@ impl RedisLink {
     fn classify(&self, op: &'static str, key: &str, e: redis::RedisError) -> StorageError {
         if e.is_timeout() {
             self.timeout(op)
+        } else if e.code() == Some("WRONGTYPE") {
+            StorageError::WrongKind {
+                key: key.to_owned(),
+            }
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
             StorageError::Unavailable {
                 backend: self.backend,

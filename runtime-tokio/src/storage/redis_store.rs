@@ -4,6 +4,7 @@
 //! counter at `{prefix}kv-version`. Every write is one Lua script that raises the counter and
 //! writes the hash together, so a version and its value change atomically.
 
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ const BACKEND: &str = "redis";
 static SET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if redis.call('TYPE', KEYS[1]).ok == 'list' then return redis.error_reply('WRONGTYPE holds a list') end
 if ARGV[3] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local v = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[1])
@@ -41,6 +43,9 @@ static SET_MANY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local counter = KEYS[#KEYS]
+for i = 1, #KEYS - 1 do
+  if redis.call('TYPE', KEYS[i]).ok == 'list' then return redis.error_reply('WRONGTYPE holds a list') end
+end
 for i = 1, #KEYS - 1 do
   local v = redis.call('INCR', counter)
   redis.call('HSET', KEYS[i], 'v', v, 'd', ARGV[i + 1])
@@ -84,6 +89,7 @@ return {redis.call('GET', KEYS[2]) or '0', false, 0}
 static INCR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+if redis.call('TYPE', KEYS[1]).ok == 'list' then return redis.error_reply('WRONGTYPE holds a list') end
 local n = redis.pcall('HINCRBY', KEYS[1], 'd', ARGV[1])
 if type(n) == 'table' then return false end
 redis.call('HSET', KEYS[1], 'v', redis.call('INCR', KEYS[2]))
@@ -91,6 +97,104 @@ return n
 ",
     )
 });
+
+/// Compare-and-swap at `KEYS[1]` with a fresh version from `KEYS[2]`: `ARGV` = expected present
+/// ('1'/'0'), expected value, new present ('1'/'0'), new value, TTL in ms (0: none). 1 if it
+/// swapped, 0 if the held value differed.
+static COMPARE_AND_SWAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1]).ok == 'list' then return redis.error_reply('WRONGTYPE holds a list') end
+local held = redis.call('HGET', KEYS[1], 'd')
+if ARGV[1] == '1' then
+  if not held or held ~= ARGV[2] then return 0 end
+elseif held then
+  return 0
+end
+local v = redis.call('INCR', KEYS[2])
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], 'v', v, 'd', ARGV[4])
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  else
+    redis.call('PERSIST', KEYS[1])
+  end
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+",
+    )
+});
+
+/// Sets the TTL of `KEYS[1]` to `ARGV[1]` ms, raising the counter `KEYS[2]` (and a value's
+/// version); 1 if the key exists, else 0.
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
+local v = redis.call('INCR', KEYS[2])
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then redis.call('HSET', KEYS[1], 'v', v) end
+return 1
+",
+    )
+});
+
+/// Appends `ARGV[1]` to the list at `KEYS[1]`, raising the counter `KEYS[2]`; the new length.
+static LIST_PUSH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then return redis.error_reply('WRONGTYPE holds a value') end
+redis.call('INCR', KEYS[2])
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+",
+    )
+});
+
+/// Removes every `ARGV[1]` from the list at `KEYS[1]`, raising the counter `KEYS[2]` if it
+/// removed any; how many it removed.
+static LIST_REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then return redis.error_reply('WRONGTYPE holds a value') end
+local removed = redis.call('LREM', KEYS[1], 0, ARGV[1])
+if removed > 0 then redis.call('INCR', KEYS[2]) end
+return removed
+",
+    )
+});
+
+/// The values of the hashes `KEYS[1..n]` (false for a key gone since the scan).
+static SCAN_VALUES: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local values = {}
+for i = 1, #KEYS do
+  if redis.call('TYPE', KEYS[i]).ok == 'hash' then
+    values[i] = redis.call('HGET', KEYS[i], 'd') or false
+  else
+    values[i] = false
+  end
+end
+return values
+",
+    )
+});
+
+/// Keys asked for per SCAN step.
+const SCAN_BATCH: usize = 512;
+
+/// `text` with Redis glob characters escaped, so it matches only itself in a SCAN pattern.
+fn glob_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
 
 /// A [`Storage`] in Redis, shared by every process that uses the same prefix.
 #[derive(Debug, Clone)]
@@ -306,5 +410,172 @@ impl Storage for RedisStorage {
             version,
             value: None,
         })
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<Bytes>,
+        new: Option<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        let flag = |present: bool| if present { "1" } else { "0" };
+        let mut call = COMPARE_AND_SWAP.prepare_invoke();
+        call.key(self.data_key(key))
+            .key(&self.version_key)
+            .arg(flag(expected.is_some()))
+            .arg(expected.as_deref().unwrap_or_default())
+            .arg(flag(new.is_some()))
+            .arg(new.as_deref().unwrap_or_default())
+            .arg(ttl_ms(ttl));
+        self.link
+            .run("compare_and_swap", key, |mut con| async move {
+                call.invoke_async::<bool>(&mut con).await
+            })
+            .await
+    }
+
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Bytes)>, StorageError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // SCAN walks the keyspace in no order: keep the `limit` smallest keys seen.
+        let pattern = format!("{}*", glob_escape(&self.data_key(prefix)));
+        let mut smallest: BTreeSet<String> = BTreeSet::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let mut cmd = redis::cmd("SCAN");
+            cmd.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(SCAN_BATCH)
+                .arg("TYPE")
+                .arg("hash");
+            let (next, keys) = self
+                .link
+                .run("scan_prefix", prefix, |mut con| async move {
+                    cmd.query_async::<(u64, Vec<String>)>(&mut con).await
+                })
+                .await?;
+            for key in keys {
+                smallest.insert(key);
+                if smallest.len() > limit {
+                    smallest.pop_last();
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if smallest.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = SCAN_VALUES.prepare_invoke();
+        for key in &smallest {
+            call.key(key);
+        }
+        let values = self
+            .link
+            .run("scan_prefix", prefix, |mut con| async move {
+                call.invoke_async::<Vec<Option<Bytes>>>(&mut con).await
+            })
+            .await?;
+        Ok(smallest
+            .into_iter()
+            .zip(values)
+            .filter_map(|(key, value)| {
+                let key = key.strip_prefix(&self.data_prefix)?.to_owned();
+                Some((key, value?))
+            })
+            .collect())
+    }
+
+    async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        let mut call = EXPIRE.prepare_invoke();
+        call.key(self.data_key(key))
+            .key(&self.version_key)
+            .arg(ttl_ms(Some(ttl)));
+        self.link
+            .run("expire", key, |mut con| async move {
+                call.invoke_async::<bool>(&mut con).await
+            })
+            .await
+    }
+
+    async fn ttl(&self, key: &str) -> Result<Option<Duration>, StorageError> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(self.data_key(key));
+        let ms = self
+            .link
+            .run("ttl", key, |mut con| async move {
+                cmd.query_async::<i64>(&mut con).await
+            })
+            .await?;
+        // -2: absent; -1: no expiry.
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    async fn list_push(&self, key: &str, value: Bytes) -> Result<u64, StorageError> {
+        let mut call = LIST_PUSH.prepare_invoke();
+        call.key(self.data_key(key))
+            .key(&self.version_key)
+            .arg(value.as_ref());
+        self.link
+            .run("list_push", key, |mut con| async move {
+                call.invoke_async::<u64>(&mut con).await
+            })
+            .await
+    }
+
+    async fn list_range(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<Bytes>, StorageError> {
+        let mut cmd = redis::cmd("LRANGE");
+        cmd.arg(self.data_key(key)).arg(start).arg(stop);
+        self.link
+            .run("list_range", key, |mut con| async move {
+                cmd.query_async::<Vec<Bytes>>(&mut con).await
+            })
+            .await
+    }
+
+    async fn list_remove(&self, key: &str, value: &[u8]) -> Result<u64, StorageError> {
+        let mut call = LIST_REMOVE.prepare_invoke();
+        call.key(self.data_key(key))
+            .key(&self.version_key)
+            .arg(value);
+        self.link
+            .run("list_remove", key, |mut con| async move {
+                call.invoke_async::<u64>(&mut con).await
+            })
+            .await
+    }
+
+    async fn list_len(&self, key: &str) -> Result<u64, StorageError> {
+        let mut cmd = redis::cmd("LLEN");
+        cmd.arg(self.data_key(key));
+        self.link
+            .run("list_len", key, |mut con| async move {
+                cmd.query_async::<u64>(&mut con).await
+            })
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        let cmd = redis::cmd("PING");
+        self.link
+            .run("ping", "", |mut con| async move {
+                cmd.query_async::<()>(&mut con).await
+            })
+            .await
     }
 }
