@@ -30,6 +30,9 @@ use super::status::to_status;
 use super::ttl_from_ms;
 use crate::storage::{Storage, StorageError};
 
+/// Requests one connection may have in flight at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
+
 /// What a storage server accepts.
 #[derive(Debug, Clone)]
 pub struct StorageServerConfig {
@@ -160,7 +163,10 @@ impl<S: Storage + 'static> StorageServer<S> {
         tls: Option<ServerTls>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let mut builder = Server::builder().tcp_nodelay(true);
+        // Bounded work per connection: requests beyond the limit wait for a stream.
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX));
         if let Some(tls) = tls {
             let identity = Identity::from_pem(tls.cert_pem, tls.key_pem);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
