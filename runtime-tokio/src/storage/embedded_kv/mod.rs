@@ -6,10 +6,13 @@
 //! disk. Expired keys are invisible at once and removed by a bounded sweep at the end of every
 //! write transaction. Expiry is wall-clock time, so a TTL keeps running while the process is down.
 //!
-//! redb calls block (a write waits for its fsync), so every call runs on tokio's blocking pool.
+//! redb calls block (a write waits for its fsync). Reads run on tokio's blocking pool; writes
+//! queue for one writer thread that applies whatever is queued in one transaction (group commit:
+//! one fsync for many writes, each still atomic and durable when answered).
 //! A list is one record, so a list write rewrites the whole list: lists are meant to be short
 //! (indexes such as client → mappings).
 
+mod group;
 mod record;
 
 use std::path::Path;
@@ -20,6 +23,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use tunnox_core::storage::Versioned;
 
+use self::group::{GroupWriter, Pending};
 use self::record::{Contents, Record};
 use super::kv::{list_window, parse_integer, wrong_kind};
 use super::{Storage, StorageError};
@@ -58,6 +62,7 @@ fn expiry(now_ms: u64, ttl: Option<Duration>) -> Option<u64> {
 #[derive(Debug, Clone)]
 pub struct EmbeddedKv {
     db: Arc<Database>,
+    writer: Arc<GroupWriter>,
 }
 
 /// A list and when it expires (unix ms).
@@ -69,7 +74,10 @@ struct Writer<'txn> {
     expiry: Table<'txn, (u64, &'static str), ()>,
     version: u64,
     now_ms: u64,
+    /// Whether the transaction must be committed.
     dirty: bool,
+    /// Whether the current job changed a table (see `group`).
+    changed: bool,
 }
 
 impl Writer<'_> {
@@ -113,12 +121,13 @@ impl Writer<'_> {
 
     /// Removes `key`'s record and its expiry entry; whether a live one was there.
     fn remove(&mut self, key: &str) -> Result<bool, StorageError> {
-        let removed = self.kv.remove(key).map_err(io)?;
-        let Some(stored) = removed else {
-            return Ok(false);
+        // Decoded before anything changes: a corrupt record refuses the job cleanly.
+        let record = match self.kv.get(key).map_err(io)? {
+            None => return Ok(false),
+            Some(stored) => Record::decode(key, stored.value())?,
         };
-        let record = Record::decode(key, stored.value())?;
-        drop(stored);
+        self.changed = true;
+        self.kv.remove(key).map_err(io)?;
         if let Some(at) = record.expires_at_ms {
             self.expiry.remove((at, key)).map_err(io)?;
         }
@@ -140,6 +149,7 @@ impl Writer<'_> {
             expires_at_ms,
             contents,
         };
+        self.changed = true;
         self.kv
             .insert(key, record.encode().as_slice())
             .map_err(io)?;
@@ -161,6 +171,7 @@ impl Writer<'_> {
             expired.push((at, key.to_owned()));
         }
         for (at, key) in expired {
+            self.changed = true;
             self.expiry.remove((at, key.as_str())).map_err(io)?;
             self.kv.remove(key.as_str()).map_err(io)?;
             self.dirty = true;
@@ -213,15 +224,15 @@ impl EmbeddedKv {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_error(redb::DatabaseError::Storage(redb::StorageError::Io(e))))?;
         }
-        let db = Database::create(path).map_err(open_error)?;
-        let store = EmbeddedKv { db: Arc::new(db) };
+        let db = Arc::new(Database::create(path).map_err(open_error)?);
         // Create the tables once (reads never meet a missing one) and sweep what expired while
         // the store was closed.
-        write(&store.db, |w| {
+        write(&db, |w| {
             w.dirty = true;
             w.sweep()
         })?;
-        Ok(store)
+        let writer = Arc::new(GroupWriter::start(db.clone())?);
+        Ok(EmbeddedKv { db, writer })
     }
 
     /// Runs `op` on the blocking pool.
@@ -239,13 +250,19 @@ impl EmbeddedKv {
             })?
     }
 
-    /// Runs `f` in one write transaction on the blocking pool.
+    /// Runs `f` on the writer thread, in the next group's transaction; answered after the
+    /// commit (see `group`). `f` must return its refusals before changing anything.
     async fn write<T, F>(&self, op: &'static str, f: F) -> Result<T, StorageError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Writer<'_>) -> Result<T, StorageError> + Send + 'static,
     {
-        self.blocking(op, move |db| write(db, f)).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer.submit(Box::new(Pending::new(f, reply)))?;
+        answer.await.map_err(|_| StorageError::Unavailable {
+            backend: BACKEND,
+            reason: format!("{op} was dropped by the writer thread"),
+        })?
     }
 
     /// Runs `f` in one read transaction on the blocking pool.
@@ -289,6 +306,7 @@ fn write<T>(
             version,
             now_ms: now_ms(),
             dirty: false,
+            changed: false,
         };
         let answer = f(&mut writer)?;
         if writer.dirty {
@@ -405,8 +423,11 @@ impl Storage for EmbeddedKv {
             .collect();
         self.write("set_many", move |w| {
             let at = expiry(w.now_ms, ttl);
+            // All or nothing: every key is checked before any is written.
+            for (key, _) in &pairs {
+                w.value(key)?;
+            }
             for (key, value) in pairs {
-                w.value(&key)?;
                 w.put(&key, Contents::Value(value), at)?;
             }
             Ok(())
@@ -681,6 +702,53 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(120)).await;
         let store = EmbeddedKv::open(&path).unwrap();
         assert_eq!(rows(&store), (2, 0), "swept at open");
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_write_in_a_group_leaves_the_others_committed() {
+        let path = temp_path("group");
+        let store = EmbeddedKv::open(&path).unwrap();
+        store
+            .list_push("list", Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                // Every eighth write targets the list: refused, without undoing the others.
+                let key = if i % 8 == 0 {
+                    "list".to_owned()
+                } else {
+                    format!("k{i}")
+                };
+                store.set(&key, Bytes::from(format!("{i}")), None).await
+            }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            let answer = task.await.unwrap();
+            if i % 8 == 0 {
+                assert!(
+                    matches!(answer, Err(StorageError::WrongKind { .. })),
+                    "{answer:?}"
+                );
+            } else {
+                answer.unwrap();
+                assert_eq!(
+                    store.get(&format!("k{i}")).await.unwrap(),
+                    Some(Bytes::from(format!("{i}")))
+                );
+            }
+        }
+        assert_eq!(store.list_len("list").await.unwrap(), 1);
+        drop(store);
+        // The writer thread has released the file: it opens again at once.
+        let store = EmbeddedKv::open(&path).unwrap();
+        assert_eq!(
+            store.get("k1").await.unwrap(),
+            Some(Bytes::from_static(b"1"))
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 

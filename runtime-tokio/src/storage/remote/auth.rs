@@ -3,12 +3,12 @@
 //! Every request carries the metadata `x-tunnox-auth: v1 <unix ms> <nonce hex> <mac hex>`, where
 //! `mac = HMAC-SHA256(token, "tunnox-storage-v1\n" ‖ method ‖ "\n" ‖ unix ms ‖ "\n" ‖ nonce ‖
 //! "\n" ‖ the request message as encoded)`. The server recomputes it, accepts a timestamp within
-//! `window` of its own clock, and remembers each nonce for that long, so a captured request can be
+//! `window` (10 s by default) of its own clock, and remembers each nonce for that long, so a captured request can be
 //! neither altered (the MAC covers the whole message) nor replayed. What this does not give is
 //! confidentiality — values cross a plaintext connection in clear — nor authenticated answers:
 //! off a trusted network, serve with TLS.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -22,9 +22,11 @@ pub const AUTH_HEADER: &str = "x-tunnox-auth";
 const CONTEXT: &[u8] = b"tunnox-storage-v1\n";
 /// Shortest token accepted: a guessable secret would make the MAC worthless.
 pub const TOKEN_CHARS_MIN: usize = 16;
-/// Nonces remembered at most (about 4 MB); past it the server refuses requests until old ones
-/// leave the window, rather than forget one and allow a replay.
-pub const NONCES_REMEMBERED_MAX: usize = 100_000;
+/// Nonces remembered at most (about 64 MB); past it the server refuses requests as overloaded
+/// until old ones leave the window, rather than forget one and allow a replay. With the default
+/// 10 s window that is 50,000 requests/s sustained at the least (a nonce is kept up to two
+/// windows).
+pub const NONCES_REMEMBERED_MAX: usize = 1_000_000;
 const NONCE_BYTES: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -122,8 +124,8 @@ pub struct Verifier {
 /// Nonces seen within the window, oldest first.
 #[derive(Debug, Default)]
 struct SeenNonces {
-    by_nonce: HashMap<String, u64>,
-    in_order: VecDeque<(u64, String)>,
+    by_nonce: HashSet<u128>,
+    in_order: VecDeque<(u64, u128)>,
 }
 
 impl Verifier {
@@ -157,9 +159,10 @@ impl Verifier {
         };
         let unix_ms: u64 = unix_ms.parse().map_err(|_| AuthError::Malformed)?;
         let mac = unhex(mac).ok_or(AuthError::Malformed)?;
-        if nonce.len() != NONCE_BYTES * 2 || unhex(nonce).is_none() {
-            return Err(AuthError::Malformed);
-        }
+        let nonce_value = unhex(nonce)
+            .and_then(|bytes| <[u8; NONCE_BYTES]>::try_from(bytes).ok())
+            .map(u128::from_le_bytes)
+            .ok_or(AuthError::Malformed)?;
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
         let skew_ms = now_ms.abs_diff(unix_ms);
         if skew_ms > window_ms {
@@ -174,7 +177,7 @@ impl Verifier {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         seen.forget_expired(now_ms);
-        if seen.by_nonce.contains_key(nonce) {
+        if seen.by_nonce.contains(&nonce_value) {
             return Err(AuthError::Replayed);
         }
         if seen.by_nonce.len() >= NONCES_REMEMBERED_MAX {
@@ -182,8 +185,8 @@ impl Verifier {
         }
         // Remembered until the latest time its timestamp is still accepted.
         let keep_until = unix_ms.saturating_add(window_ms);
-        seen.by_nonce.insert(nonce.to_owned(), keep_until);
-        seen.in_order.push_back((keep_until, nonce.to_owned()));
+        seen.by_nonce.insert(nonce_value);
+        seen.in_order.push_back((keep_until, nonce_value));
         Ok(())
     }
 }

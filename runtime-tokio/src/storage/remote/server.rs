@@ -25,17 +25,20 @@ use tunnox_proto::storage::{
     ValuesResponse, VersionedResponse,
 };
 
-use super::auth::{AUTH_HEADER, StorageToken, Verifier};
+use super::auth::{AUTH_HEADER, AuthError, StorageToken, Verifier};
 use super::status::to_status;
 use super::ttl_from_ms;
 use crate::storage::{Storage, StorageError};
+
+/// Requests one connection may have in flight at once.
+const STREAMS_PER_CONNECTION_MAX: u32 = 1024;
 
 /// What a storage server accepts.
 #[derive(Debug, Clone)]
 pub struct StorageServerConfig {
     /// The shared secret every request must be signed with.
     pub token: StorageToken,
-    /// How far a request's timestamp may be from the server's clock (default 30 s).
+    /// How far a request's timestamp may be from the server's clock (default 10 s).
     pub clock_window: Duration,
     /// Longest key in bytes (default 1 KiB).
     pub key_bytes_max: usize,
@@ -54,7 +57,7 @@ impl StorageServerConfig {
     pub fn new(token: StorageToken) -> StorageServerConfig {
         StorageServerConfig {
             token,
-            clock_window: Duration::from_secs(30),
+            clock_window: Duration::from_secs(10),
             key_bytes_max: 1024,
             value_bytes_max: 1024 * 1024,
             items_max: 1000,
@@ -160,7 +163,10 @@ impl<S: Storage + 'static> StorageServer<S> {
         tls: Option<ServerTls>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let mut builder = Server::builder().tcp_nodelay(true);
+        // Bounded work per connection: requests beyond the limit wait for a stream.
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .max_concurrent_streams(Some(STREAMS_PER_CONNECTION_MAX));
         if let Some(tls) = tls {
             let identity = Identity::from_pem(tls.cert_pem, tls.key_pem);
             builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
@@ -191,7 +197,11 @@ impl<S: Storage + 'static> StorageServer<S> {
                 &message.encode_to_vec(),
                 crate::clock::wall_now().0,
             )
-            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e| match e {
+                // Not the caller's fault: it may retry.
+                AuthError::Overloaded => Status::unavailable(e.to_string()),
+                _ => Status::unauthenticated(e.to_string()),
+            })?;
         Ok(message)
     }
 
