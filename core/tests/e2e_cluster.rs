@@ -577,3 +577,55 @@ fn a_departed_peer_loses_its_links_and_routes_and_busy_links_grow_the_pool() {
     );
     assert_eq!(c.nodes[0].stream_count(), 0);
 }
+
+#[test]
+fn a_node_that_missed_a_change_catches_up_by_adopting_the_shared_state() {
+    let mut c = Cluster::new(2, "k", PoolConfig::default());
+    c.all_peers_up();
+    let listen = c.client_on(0, "listen");
+    let target = c.client_on(1, "target");
+    // The mapping is made on node 0; the broker message to node 1 is lost.
+    let id = MappingId::generate(&mut Rng::seed_from_u64(99));
+    let mapping = Mapping {
+        id: id.clone(),
+        owner: None,
+        entry: Entry::ClientPort {
+            listen_client: listen,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        target_client: target,
+        target: Target::Fixed {
+            host: "127.0.0.1".into(),
+            port: 7,
+        },
+        protocol: Protocol::Tcp,
+        options: MappingOptions::default(),
+        created_at: WALL,
+        expires_at: None,
+        status: MappingStatus::Active,
+    };
+    let now = c.now;
+    c.nodes[0].put_mapping(now, mapping).unwrap();
+    c.settle();
+    c.persisted.clear();
+    c.visit(0, 1, &id, &Bytes::from_static(b"lost?"));
+    assert_eq!(
+        c.visitors[&(0, 1)].open_failed,
+        Some(OpenError::MappingNotFound),
+        "node 1 does not know the mapping"
+    );
+    // A resync: node 1 reads the shared state and adopts it.
+    let shared = c.nodes[0].state().clone();
+    let now = c.now;
+    // The mapping, and the clients' last-seen times the test world never replicated.
+    assert!(c.nodes[1].adopt_state(now, &shared) >= 1);
+    assert!(c.nodes[1].state().mappings.contains_key(&id));
+    assert_eq!(
+        c.nodes[1].adopt_state(now, &shared),
+        0,
+        "adopting twice changes nothing"
+    );
+    c.settle();
+    c.visit(0, 2, &id, &Bytes::from_static(b"found"));
+    assert_eq!(c.visitors[&(0, 2)].received, b"found");
+}

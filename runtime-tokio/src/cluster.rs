@@ -14,7 +14,8 @@
 //!   when a peer says the client is not there.
 //! * **Control state.** Every durable change is written to the hash `{prefix}cluster:state`
 //!   (one field per object) and published on `config.update`; other nodes apply it at once, and
-//!   a node starting loads the whole hash.
+//!   a node starting loads the whole hash. A gap in `config.update` or a broker reconnect makes
+//!   the node reload the hash and adopt what it missed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -410,11 +411,18 @@ impl Coordinator {
     }
 
     async fn on_broker(&mut self, event: BrokerEvent) {
-        let BrokerEvent::Message(envelope) = event else {
-            // A gap or a resync: storage has the truth; routes are re-read on demand and the
-            // membership table every tick. (State changes missed here are not re-read until
-            // the node restarts — see docs/cluster.md.)
-            return;
+        let envelope = match event {
+            BrokerEvent::Message(envelope) => envelope,
+            // Missed messages: storage has the truth. Routes are re-read on demand and the
+            // membership table every tick; missed state changes are caught up here.
+            BrokerEvent::Gap(gap) if gap.topic != Topic::ConfigUpdate => return,
+            BrokerEvent::Gap(_) | BrokerEvent::Resync(_) => {
+                if let Ok(state) = self.store.load_state().await {
+                    self.tell_node(NodeCommand::AdoptState(Box::new(state)))
+                        .await;
+                }
+                return;
+            }
         };
         let command = match envelope.topic {
             Topic::ConfigUpdate => serde_json::from_slice::<StateChange>(&envelope.payload)

@@ -77,6 +77,8 @@ pub enum NodeCommand {
     },
     /// Apply a change another node made.
     ApplyRemote(Box<StateChange>),
+    /// Catch up with the shared state (after missed broker messages).
+    AdoptState(Box<tunnox_core::node::ControlState>),
 }
 
 /// What a clustered node tells its cluster task (which writes storage and publishes).
@@ -377,6 +379,9 @@ impl NodeDriver {
             }
             NodeCommand::SetRoute { client, node } => self.node.set_route(now, client, node),
             NodeCommand::ApplyRemote(change) => self.node.apply_remote_change(now, *change),
+            NodeCommand::AdoptState(state) => {
+                self.node.adopt_state(now, &state);
+            }
             NodeCommand::Shutdown | NodeCommand::Drain { .. } => {}
         }
     }

@@ -518,6 +518,18 @@ impl Node {
         }
     }
 
+    /// Catches up with the shared state after missing changes (a broker gap or reconnect): every
+    /// difference is applied as [`Node::apply_remote_change`] would, so tunnels of changed
+    /// mappings end and affected clients get new config. Returns how many changes it took.
+    pub fn adopt_state(&mut self, now: Instant, state: &ControlState) -> usize {
+        let changes = self.state.changes_to(state);
+        let count = changes.len();
+        for change in changes {
+            self.apply_remote_change(now, change);
+        }
+        count
+    }
+
     /// Bytes arrived on a client connection.
     pub fn connection_bytes<'a>(
         &mut self,

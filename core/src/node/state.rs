@@ -62,6 +62,44 @@ impl ControlState {
         }
     }
 
+    /// The changes that turn `self` into `target`: puts for what is new or different, deletes
+    /// for mappings and codes `target` no longer has. Users and clients are never deleted (there
+    /// is no such change), so one missing from `target` stays.
+    pub fn changes_to(&self, target: &ControlState) -> Vec<StateChange> {
+        let mut changes = Vec::new();
+        for (id, user) in &target.users {
+            if self.users.get(id) != Some(user) {
+                changes.push(StateChange::PutUser(user.clone()));
+            }
+        }
+        for (id, client) in &target.clients {
+            if self.clients.get(id) != Some(client) {
+                changes.push(StateChange::PutClient(client.clone()));
+            }
+        }
+        for (id, mapping) in &target.mappings {
+            if self.mappings.get(id) != Some(mapping) {
+                changes.push(StateChange::PutMapping(mapping.clone()));
+            }
+        }
+        for id in self.mappings.keys() {
+            if !target.mappings.contains_key(id) {
+                changes.push(StateChange::DeleteMapping(id.clone()));
+            }
+        }
+        for (code, entry) in &target.codes {
+            if self.codes.get(code) != Some(entry) {
+                changes.push(StateChange::PutCode(entry.clone()));
+            }
+        }
+        for code in self.codes.keys() {
+            if !target.codes.contains_key(code) {
+                changes.push(StateChange::DeleteCode(code.clone()));
+            }
+        }
+        changes
+    }
+
     /// Mappings in which `client` takes part (as listen or target side).
     pub fn mappings_of(&self, client: ClientId) -> impl Iterator<Item = &Mapping> {
         self.mappings.values().filter(move |m| m.involves(client))
