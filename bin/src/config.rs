@@ -69,6 +69,24 @@ pub struct ClusterFile {
     pub token_file: Option<PathBuf>,
     /// Lease of node records and client routes, in milliseconds [default: 3000].
     pub lease_ms: Option<u64>,
+    /// Mutual TLS for bridge links.
+    pub tls: Option<BridgeTlsFile>,
+    /// Allow a plaintext bridge on a non-loopback address (links stay authenticated by the
+    /// token, but tunnel bytes between nodes are readable on the network).
+    #[serde(default)]
+    pub insecure_plaintext_bridge: bool,
+}
+
+/// `cluster.tls:` every node's certificate is signed by the cluster CA.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTlsFile {
+    /// This node's certificate (PEM); it must name the host peers dial (`bridge_advertise`).
+    pub cert_file: PathBuf,
+    /// Its private key (PEM).
+    pub key_file: PathBuf,
+    /// The cluster CA (PEM) that signs every node's certificate.
+    pub ca_file: PathBuf,
 }
 
 /// The cluster's broker.

@@ -14,7 +14,7 @@ use tunnox_core::control::NodeId;
 use tunnox_core::node::{ClusterConfig, ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::AuthKey;
-use tunnox_runtime_tokio::bridge::{BridgeService, LinkHello};
+use tunnox_runtime_tokio::bridge::{BridgeService, BridgeTls, LinkHello};
 use tunnox_runtime_tokio::broker::{AnyBroker, BrokerConfig, BrokerKind};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
 use tunnox_runtime_tokio::cluster::{ClusterSettings, ClusterStore, Coordinator};
@@ -84,6 +84,7 @@ struct ClusterStart {
     key: AuthKey,
     bridge: TcpListener,
     hello: LinkHello,
+    tls: Option<BridgeTls>,
 }
 
 /// Reads the cluster token, binds the bridge, connects storage and the broker.
@@ -111,9 +112,31 @@ async fn start_cluster(
     let node = NodeId::parse(node_id).map_err(|e| anyhow::anyhow!("node_id: {e}"))?;
     let prefix = file.key_prefix.clone().unwrap_or_else(|| "tunnox:".into());
     let lease = Duration::from_millis(file.lease_ms.unwrap_or(3000).max(300));
+    let tls = match &file.tls {
+        Some(t) => {
+            let tls = BridgeTls::from_files(&t.cert_file, &t.key_file, &t.ca_file)?;
+            tls.check()?;
+            Some(tls)
+        }
+        None => None,
+    };
     let bridge = TcpListener::bind(&file.bridge_listen)
         .await
         .with_context(|| format!("cannot listen for the bridge on {}", file.bridge_listen))?;
+    let loopback = bridge.local_addr()?.ip().is_loopback();
+    match (&tls, loopback, file.insecure_plaintext_bridge) {
+        (Some(_), _, _) => {}
+        (None, false, false) => anyhow::bail!(
+            "cluster.tls is missing: a bridge on {} would carry tunnel bytes in plaintext; set \
+             cluster.tls (cert_file, key_file, ca_file) or, on a network you control, \
+             cluster.insecure_plaintext_bridge: true",
+            file.bridge_listen
+        ),
+        (None, _, _) => eprintln!(
+            "WARNING: bridge links are NOT encrypted (no cluster.tls); they are authenticated \
+             by the cluster token"
+        ),
+    }
     let bridge_addr = match &file.bridge_advertise {
         Some(addr) => addr.clone(),
         None => bridge.local_addr()?.to_string(),
@@ -159,6 +182,7 @@ async fn start_cluster(
             node_id: node_id.to_owned(),
             epoch,
         },
+        tls,
     })
 }
 
@@ -266,8 +290,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             cluster.settings.bridge_addr,
             cluster.settings.lease.as_millis()
         );
-        tokio::spawn(tunnox_runtime_tokio::bridge::serve(cluster.bridge, service));
-        driver = driver.with_cluster(cluster.hello, accepted, events_tx);
+        let bridge_tls = cluster.tls.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                tunnox_runtime_tokio::bridge::serve(cluster.bridge, service, bridge_tls).await
+            {
+                eprintln!("the cluster bridge stopped: {e}");
+            }
+        });
+        driver = driver.with_cluster(cluster.hello, cluster.tls, accepted, events_tx);
         coordinator = Some((
             Coordinator::new_detached(cluster.settings, cluster.store, cluster.broker),
             events,

@@ -1,5 +1,5 @@
-//! Three real `tunnox server` processes sharing the machine's Redis (broker: Redis pub/sub, then
-//! NATS): clients on different nodes, a mapping whose entry is on one node and target on
+//! Three real `tunnox server` processes sharing the machine's Redis (broker: Redis pub/sub with
+//! mutual-TLS bridge links, then NATS with plaintext loopback links): clients on different nodes, a mapping whose entry is on one node and target on
 //! another, bytes verified; the target's node killed, the target client fails over to another
 //! node and new streams work.
 //!
@@ -37,7 +37,40 @@ struct Node {
     listen: String,
 }
 
-fn start_node(dir: &Path, id: &str, prefix: &str, broker: &str) -> Node {
+/// Writes a cluster CA and, signed by it, a bridge certificate for 127.0.0.1 for each node.
+fn bridge_tls(dir: &Path, ids: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    std::fs::write(
+        dir.join("ca.pem"),
+        ca_params.self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    for id in ids {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join(format!("{id}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{id}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// The `cluster.tls` YAML block of node `id`.
+fn tls_block(dir: &Path, id: &str) -> String {
+    format!(
+        "  tls:\n    cert_file: {}\n    key_file: {}\n    ca_file: {}\n",
+        dir.join(format!("{id}.pem")).display(),
+        dir.join(format!("{id}.key")).display(),
+        dir.join("ca.pem").display()
+    )
+}
+
+fn start_node(dir: &Path, id: &str, prefix: &str, broker: &str, tls: bool) -> Node {
     let listen = format!("127.0.0.1:{}", free_port());
     let bridge = format!("127.0.0.1:{}", free_port());
     let config = dir.join(format!("{id}.yaml"));
@@ -47,8 +80,13 @@ fn start_node(dir: &Path, id: &str, prefix: &str, broker: &str) -> Node {
             "node_id: {id}\nlisten: {listen}\ntls: {{ insecure_plaintext: true }}\n\
              cluster:\n  bridge_listen: {bridge}\n  redis_url: redis://127.0.0.1:6379\n  \
              key_prefix: \"{prefix}\"\n  broker: {broker}\n  nats_url: nats://127.0.0.1:4222\n  \
-             token_file: {}\n  lease_ms: 1000\n",
-            dir.join("token").display()
+             token_file: {}\n  lease_ms: 1000\n{}",
+            dir.join("token").display(),
+            if tls {
+                tls_block(dir, id)
+            } else {
+                String::new()
+            }
         ),
     )
     .unwrap();
@@ -69,13 +107,17 @@ fn client(dir: &Path, name: &str, servers: &[&str], rest: &[&str]) -> Proc {
     Proc::spawn(&args)
 }
 
-fn entry_on_one_node_target_on_another_and_failover(broker: &str) {
+fn entry_on_one_node_target_on_another_and_failover(broker: &str, tls: bool) {
     let dir = fresh_dir(&format!("tunnox-cluster-{broker}"));
     std::fs::write(dir.join("token"), "a cluster token for the test run\n").unwrap();
     let prefix = format!("tunnox-test-{}-{broker}:", std::process::id());
-    let nodes: Vec<Node> = ["n1", "n2", "n3"]
+    let ids = ["n1", "n2", "n3"];
+    if tls {
+        bridge_tls(&dir, &ids);
+    }
+    let nodes: Vec<Node> = ids
         .iter()
-        .map(|id| start_node(&dir, id, &prefix, broker))
+        .map(|id| start_node(&dir, id, &prefix, broker, tls))
         .collect();
 
     // The target client offers an echo service on node 2 (node 3 is its second address).
@@ -135,15 +177,53 @@ fn entry_on_one_node_target_on_another_and_failover(broker: &str) {
 }
 
 #[test]
-fn a_three_node_cluster_on_redis_carries_cross_node_tunnels_and_survives_a_node_death() {
+fn a_three_node_cluster_on_redis_with_mutual_tls_bridges_carries_cross_node_tunnels_and_survives_a_node_death()
+ {
     if service_up("Redis", 6379) {
-        entry_on_one_node_target_on_another_and_failover("redis");
+        entry_on_one_node_target_on_another_and_failover("redis", true);
     }
 }
 
 #[test]
 fn a_three_node_cluster_with_nats_as_the_broker_does_the_same() {
     if service_up("Redis", 6379) && service_up("NATS", 4222) {
-        entry_on_one_node_target_on_another_and_failover("nats");
+        entry_on_one_node_target_on_another_and_failover("nats", false);
     }
+}
+
+#[test]
+fn a_plaintext_bridge_off_loopback_or_a_broken_certificate_stops_the_start() {
+    let dir = fresh_dir("tunnox-cluster-refusals");
+    std::fs::write(dir.join("token"), "a cluster token for the test run\n").unwrap();
+    let run = |cluster: &str| {
+        let config = dir.join("bad.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\ntls: {{ insecure_plaintext: true }}\ncluster:\n  \
+                 redis_url: redis://127.0.0.1:6379\n  token_file: {}\n{cluster}",
+                free_port(),
+                dir.join("token").display()
+            ),
+        )
+        .unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tunnox"))
+            .args(["server", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run("  bridge_listen: 0.0.0.0:0\n");
+    assert!(!ok && err.contains("cluster.tls is missing"), "{err}");
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    let junk = dir.join("junk.pem");
+    let (ok, err) = run(&format!(
+        "  bridge_listen: 127.0.0.1:0\n  tls:\n    cert_file: {0}\n    key_file: {0}\n    ca_file: {0}\n",
+        junk.display()
+    ));
+    assert!(!ok && err.contains("bridge TLS"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,9 @@
 //! in-memory pipe); two pump tasks move its bytes into `BridgePacket`s and back. Authentication,
 //! flow control, heartbeats and stream multiplexing are the session protocol's, in core: the
 //! dialling node logs in as a peer and proves the cluster key. Each dial is its own HTTP/2
-//! connection, so the pool's links are separate TCP connections.
+//! connection, so the pool's links are separate TCP connections. With [`BridgeTls`] the links
+//! run over mutual TLS: every node presents a certificate signed by the cluster's CA and accepts
+//! only peers whose certificate is.
 
 use std::time::Duration;
 
@@ -43,9 +45,79 @@ pub struct BridgeLink {
     pub peer: LinkHello,
 }
 
+/// Mutual TLS for bridge links: this node's certificate and key, and the cluster CA that signs
+/// every node's certificate (PEM).
+#[derive(Clone)]
+pub struct BridgeTls {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    ca_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for BridgeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BridgeTls")
+    }
+}
+
+impl BridgeTls {
+    /// From PEM bytes.
+    pub fn from_pem(cert_pem: Vec<u8>, key_pem: Vec<u8>, ca_pem: Vec<u8>) -> BridgeTls {
+        BridgeTls {
+            cert_pem,
+            key_pem,
+            ca_pem,
+        }
+    }
+
+    /// Reads the three PEM files.
+    pub fn from_files(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+    ) -> Result<BridgeTls, BridgeError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| BridgeError::Tls(format!("{}: {e}", path.display())))
+        };
+        Ok(BridgeTls::from_pem(read(cert)?, read(key)?, read(ca)?))
+    }
+
+    /// Checks that the certificate, key and CA make a usable server configuration (so a bad file
+    /// stops the start instead of the bridge).
+    pub fn check(&self) -> Result<(), BridgeError> {
+        tonic::transport::Server::builder()
+            .tls_config(self.server_config())
+            .map(|_| ())
+            .map_err(|e| BridgeError::Tls(e.to_string()))
+    }
+
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        tonic::transport::ServerTlsConfig::new()
+            .identity(self.identity())
+            .client_ca_root(self.ca())
+    }
+
+    fn identity(&self) -> tonic::transport::Identity {
+        tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem)
+    }
+
+    fn ca(&self) -> tonic::transport::Certificate {
+        tonic::transport::Certificate::from_pem(&self.ca_pem)
+    }
+}
+
+/// The name a peer's certificate must carry: the host part of its bridge address.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    /// The TLS settings are unusable, or the server could not start with them.
+    #[error("bridge TLS: {0}")]
+    Tls(String),
     /// The address is not a valid endpoint.
     #[error("invalid bridge address {0}")]
     Address(String),
@@ -189,28 +261,49 @@ impl NodeBridge for BridgeService {
     }
 }
 
-/// Serves the bridge on `listener` until the task is dropped or the listener fails.
+/// Serves the bridge on `listener` (over mutual TLS with `tls`) until the task is dropped or
+/// the listener fails.
 pub async fn serve(
     listener: TcpListener,
     service: BridgeService,
-) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    tls: Option<BridgeTls>,
+) -> Result<(), BridgeError> {
+    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls.server_config())
+            .map_err(|e| BridgeError::Tls(e.to_string()))?;
+    }
+    server
         .add_service(NodeBridgeServer::new(service))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
+        .map_err(|e| BridgeError::Tls(e.to_string()))
 }
 
-/// Opens a link to the bridge at `addr` (host:port), introducing this node as `hello`.
+/// Opens a link to the bridge at `addr` (host:port), introducing this node as `hello`; with
+/// `tls`, over mutual TLS, the peer's certificate checked against the cluster CA for the host
+/// part of `addr`.
 pub async fn dial(
     addr: &str,
     hello: &LinkHello,
     connect_timeout: Duration,
+    tls: Option<&BridgeTls>,
 ) -> Result<BridgeLink, BridgeError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| BridgeError::Address(addr.to_owned()))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tls.ca())
+            .identity(tls.identity())
+            .domain_name(host_of(addr));
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| BridgeError::Tls(e.to_string()))?;
+    }
     let channel = endpoint
         .connect()
         .await

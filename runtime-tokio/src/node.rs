@@ -13,7 +13,7 @@ use tunnox_core::control::{ClientId, ClientSecret, Mapping, MappingId, NodeId, U
 use tunnox_core::node::{AdminError, Node, NodeOutput, Notice, StateChange};
 use tunnox_core::relay::LocalOutput;
 
-use crate::bridge::{BridgeLink, LinkHello};
+use crate::bridge::{BridgeLink, BridgeTls, LinkHello};
 use crate::clock::Clock;
 use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 use crate::storage::EmbeddedStore;
@@ -101,6 +101,7 @@ const BRIDGE_DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Debug)]
 struct ClusterIo {
     hello: LinkHello,
+    tls: Option<BridgeTls>,
     peer_addrs: BTreeMap<NodeId, String>,
     arrivals_tx: mpsc::Sender<LinkArrival>,
     arrivals: mpsc::Receiver<LinkArrival>,
@@ -241,10 +242,12 @@ impl NodeDriver {
     }
 
     /// Takes part in a cluster: links arrive on `accepted` (from [`crate::bridge::serve`]),
-    /// dials introduce this node as `hello`, and what the cluster must learn goes to `events`.
+    /// dials introduce this node as `hello` (over mutual TLS with `tls`), and what the cluster
+    /// must learn goes to `events`.
     pub fn with_cluster(
         mut self,
         hello: LinkHello,
+        tls: Option<BridgeTls>,
         accepted: mpsc::Receiver<BridgeLink>,
         events: mpsc::Sender<ClusterEvent>,
     ) -> NodeDriver {
@@ -260,6 +263,7 @@ impl NodeDriver {
         });
         self.cluster = Some(ClusterIo {
             hello,
+            tls,
             peer_addrs: BTreeMap::new(),
             arrivals_tx,
             arrivals,
@@ -624,9 +628,10 @@ impl NodeDriver {
             return;
         };
         let hello = cluster.hello.clone();
+        let tls = cluster.tls.clone();
         let done = cluster.arrivals_tx.clone();
         tokio::spawn(async move {
-            let link = crate::bridge::dial(&addr, &hello, BRIDGE_DIAL_TIMEOUT)
+            let link = crate::bridge::dial(&addr, &hello, BRIDGE_DIAL_TIMEOUT, tls.as_ref())
                 .await
                 .ok();
             let _ = done.send(LinkArrival::Dialled(peer, link)).await;
