@@ -6,25 +6,32 @@
 //! * **Membership.** Every node writes `{prefix}cluster:nodes[node_id] = {addr, expires_at}`
 //!   each `lease / 3` and reads the whole table; a node whose record expired (or that published
 //!   `node.shutdown`) is down, and the driver closes its links and forgets routes to it.
-//! * **Routes.** When a client's session is established, its node sets
-//!   `{prefix}cluster:route:{client} = node_id` with the lease as TTL, renews it while the session
-//!   lives (only while the key is still its own), deletes it when the session ends (only if
-//!   still its own), and publishes `client.online` / `client.offline`. Other nodes learn routes
-//!   from those messages or read the key when an open needs one (`LookupRoute`), and re-read it
-//!   when a peer says the client is not there.
+//! * **Routes.** When a client's session is established, its node claims the client: the route
+//!   `{prefix}cluster:route:{client} = {node, epoch}` with the lease as TTL, the epoch drawn from
+//!   a per-client counter that never expires. The owner renews on `core::cluster::Ownership`'s
+//!   schedule, and only while the stored claim is still its own; it releases the route at
+//!   session end only if still its own; claims and releases are published on `client.online` /
+//!   `client.offline`. Other nodes cache routes in a `core::cluster::RouteCache` (the newest
+//!   epoch wins), read storage when an open needs a route they lack, and re-read it when a peer
+//!   says the client is not there. A newer claim elsewhere closes the old session (`Replaced`);
+//!   an unrenewed lease closes it too (`Normal`: the client reconnects).
 //! * **Control state.** Every durable change is written to the hash `{prefix}cluster:state`
 //!   (one field per object) and published on `config.update`; other nodes apply it at once, and
 //!   a node starting loads the whole hash. A gap in `config.update` or a broker reconnect makes
 //!   the node reload the hash and adopt what it missed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tunnox_core::broker::Topic;
-use tunnox_core::control::{ClientId, NodeId};
+use tunnox_core::cluster::{
+    ClientRoute, Ownership, OwnershipEvent, RenewError, RouteCache, RouteConflict, RouteLookup,
+};
+use tunnox_core::control::{ClientId, NodeId, UnixMillis};
 use tunnox_core::node::{ControlState, StateChange};
+use tunnox_core::wire::GoAwayReason;
 
 use crate::broker::{AnyBroker, Broker, BrokerEvent};
 use crate::node::{ClusterEvent, NodeCommand};
@@ -54,21 +61,40 @@ struct NodeRecord {
     expires_at_ms: u64,
 }
 
-/// Renews a route only while it is this node's (or gone): a newer claim elsewhere wins.
-const RENEW_ROUTE: &str = r"
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0";
+/// Claims a route: the next epoch from the client's counter (which never expires, so epochs
+/// never go back), this node, a fresh lease. Returns the epoch.
+const CLAIM_ROUTE: &str = r"
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', epoch)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return epoch";
 
-/// Deletes a route only if it is still this node's.
+/// Renews a route only while it is this node's claim (same node, same epoch); a claim whose
+/// key expired is written again if no newer claim was made since (the epoch counter says so).
+const RENEW_ROUTE: &str = r"
+local node = redis.call('HGET', KEYS[1], 'node')
+if node == false then
+  if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+  redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2])
+elseif node ~= ARGV[1] or redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1";
+
+/// Deletes a route only if it is still this node's claim.
 const RELEASE_ROUTE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
   return redis.call('DEL', KEYS[1])
 end
 return 0";
+
+/// A route with its remaining lease.
+const READ_ROUTE: &str = r"
+local held = redis.call('HMGET', KEYS[1], 'node', 'epoch')
+if held[1] == false then return false end
+return {held[1], held[2], redis.call('PTTL', KEYS[1])}";
 
 fn field_of(change: &StateChange) -> String {
     match change {
@@ -204,21 +230,60 @@ impl ClusterStore {
             .collect())
     }
 
-    /// Claims or renews `client` for `node` for `lease`; false if another node holds it.
-    pub async fn hold_route(
+    fn route_keys(&self, client: ClientId) -> (String, String) {
+        (
+            self.key(&format!("route:{client}")),
+            self.key(&format!("route-epoch:{client}")),
+        )
+    }
+
+    /// Claims `client` for `node` (a newly established session wins over any older claim):
+    /// the route with its new epoch.
+    pub async fn claim_route(
         &self,
         client: ClientId,
         node: &NodeId,
         lease: Duration,
+    ) -> Result<ClientRoute, StorageError> {
+        let (key, epoch_key) = self.route_keys(client);
+        let id = node.to_string();
+        let ms = millis(lease);
+        let epoch: u64 = self
+            .link
+            .run("claim route", &key.clone(), |mut c| async move {
+                redis::Script::new(CLAIM_ROUTE)
+                    .key(&key)
+                    .key(&epoch_key)
+                    .arg(id)
+                    .arg(ms)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(ClientRoute {
+            client,
+            node: node.clone(),
+            epoch,
+            lease_expires_at: crate::clock::wall_now().saturating_add(lease),
+        })
+    }
+
+    /// Renews `route` (this node's claim) for `lease`; false if a newer claim replaced it or it
+    /// expired.
+    pub async fn renew_route(
+        &self,
+        route: &ClientRoute,
+        lease: Duration,
     ) -> Result<bool, StorageError> {
-        let key = self.key(&format!("route:{client}"));
-        let node = node.to_string();
-        let ms = lease.as_millis() as u64;
+        let (key, epoch_key) = self.route_keys(route.client);
+        let (id, epoch, ms) = (route.node.to_string(), route.epoch, millis(lease));
         self.link
             .run("renew route", &key.clone(), |mut c| async move {
                 redis::Script::new(RENEW_ROUTE)
                     .key(&key)
-                    .arg(node)
+                    .key(&epoch_key)
+                    .arg(id)
+                    .arg(epoch)
                     .arg(ms)
                     .invoke_async::<i64>(&mut c)
                     .await
@@ -227,37 +292,16 @@ impl ClusterStore {
             .map(|won| won == 1)
     }
 
-    /// Takes a newly established session's route over, whoever held it.
-    pub async fn claim_route(
-        &self,
-        client: ClientId,
-        node: &NodeId,
-        lease: Duration,
-    ) -> Result<(), StorageError> {
-        let key = self.key(&format!("route:{client}"));
-        let node = node.to_string();
-        self.link
-            .run("claim route", &key.clone(), |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(node)
-                    .arg("PX")
-                    .arg(lease.as_millis() as u64)
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await
-    }
-
-    /// Deletes `client`'s route if `node` still holds it.
-    pub async fn release_route(&self, client: ClientId, node: &NodeId) -> Result<(), StorageError> {
-        let key = self.key(&format!("route:{client}"));
-        let node = node.to_string();
+    /// Deletes `route` if it is still the stored claim.
+    pub async fn release_route(&self, route: &ClientRoute) -> Result<(), StorageError> {
+        let (key, _) = self.route_keys(route.client);
+        let (id, epoch) = (route.node.to_string(), route.epoch);
         self.link
             .run("release route", &key.clone(), |mut c| async move {
                 redis::Script::new(RELEASE_ROUTE)
                     .key(&key)
-                    .arg(node)
+                    .arg(id)
+                    .arg(epoch)
                     .invoke_async::<i64>(&mut c)
                     .await
             })
@@ -265,24 +309,33 @@ impl ClusterStore {
             .map(|_| ())
     }
 
-    /// The node holding `client`, if its route's lease holds.
-    pub async fn route(&self, client: ClientId) -> Result<Option<NodeId>, StorageError> {
-        let key = self.key(&format!("route:{client}"));
-        let held: Option<String> = self
+    /// The stored route of `client`, if its lease holds.
+    pub async fn route(&self, client: ClientId) -> Result<Option<ClientRoute>, StorageError> {
+        let (key, _) = self.route_keys(client);
+        let held: Option<(String, u64, i64)> = self
             .link
             .run("get route", &key.clone(), |mut c| async move {
-                redis::cmd("GET").arg(&key).query_async(&mut c).await
+                redis::Script::new(READ_ROUTE)
+                    .key(&key)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
-        Ok(held.and_then(|n| NodeId::parse(&n).ok()))
+        Ok(held.and_then(|(node, epoch, ttl_ms)| {
+            let node = NodeId::parse(&node).ok()?;
+            let left = Duration::from_millis(u64::try_from(ttl_ms).ok()?);
+            Some(ClientRoute {
+                client,
+                node,
+                epoch,
+                lease_expires_at: crate::clock::wall_now().saturating_add(left),
+            })
+        }))
     }
 }
 
-/// What travels in `client.online` / `client.offline` payloads.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct RouteNotice {
-    client: ClientId,
-    node: NodeId,
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The coordinator task: runs until the node's command channel closes.
@@ -294,8 +347,10 @@ pub struct Coordinator {
     node: Option<mpsc::Sender<NodeCommand>>,
     /// Peers currently reported up, with their addresses.
     up: BTreeMap<NodeId, String>,
-    /// Clients whose session is on this node.
-    local: BTreeSet<ClientId>,
+    /// Routes of clients whose session is on this node, with when to renew them.
+    owned: BTreeMap<ClientId, Ownership>,
+    /// Routes of other nodes' clients, newest epoch kept.
+    routes: RouteCache,
 }
 
 impl Coordinator {
@@ -312,7 +367,8 @@ impl Coordinator {
             broker,
             node: None,
             up: BTreeMap::new(),
-            local: BTreeSet::new(),
+            owned: BTreeMap::new(),
+            routes: RouteCache::new(),
         }
     }
 
@@ -380,33 +436,80 @@ impl Coordinator {
                 }
             }
             ClusterEvent::ClientOnline(client) => {
-                self.local.insert(client);
-                let _ = self
+                // Unreachable storage: the session still serves; the next tick cannot renew
+                // what was never written, and other nodes find no route (opens refused).
+                if let Ok(route) = self
                     .store
                     .claim_route(client, &me, self.settings.lease)
-                    .await;
-                self.announce(Topic::ClientOnline, client).await;
+                    .await
+                {
+                    self.announce(Topic::ClientOnline, &route).await;
+                    self.owned
+                        .insert(client, Ownership::new(route, self.settings.lease));
+                }
             }
             ClusterEvent::ClientOffline(client) => {
-                self.local.remove(&client);
-                let _ = self.store.release_route(client, &me).await;
-                self.announce(Topic::ClientOffline, client).await;
+                if let Some(ownership) = self.owned.remove(&client) {
+                    let _ = self.store.release_route(ownership.route()).await;
+                    self.announce(Topic::ClientOffline, ownership.route()).await;
+                }
             }
             ClusterEvent::LookupRoute(client) => {
-                // An unreachable store answers "offline": the open is refused, not stuck.
-                let node = self.store.route(client).await.ok().flatten();
+                let alive = |node: &NodeId| self.up.contains_key(node);
+                let node = match self.routes.lookup(client, wall_now(), alive) {
+                    RouteLookup::Use(route) => Some(route.node),
+                    // An unreachable store answers "offline": the open is refused, not stuck.
+                    RouteLookup::ReRead => match self.store.route(client).await {
+                        Ok(Some(route)) => {
+                            self.routes.observe(route.clone());
+                            Some(route.node)
+                        }
+                        _ => None,
+                    },
+                };
                 self.tell_node(NodeCommand::SetRoute { client, node }).await;
             }
         }
     }
 
-    async fn announce(&self, topic: Topic, client: ClientId) {
-        let notice = RouteNotice {
-            client,
-            node: self.settings.node_id.clone(),
-        };
-        if let Ok(payload) = serde_json::to_vec(&notice) {
+    async fn announce(&self, topic: Topic, route: &ClientRoute) {
+        if let Ok(payload) = serde_json::to_vec(route) {
             let _ = self.broker.publish(topic, payload.into()).await;
+        }
+    }
+
+    /// A route was announced by another node: cache it (newest epoch wins), give up a local
+    /// session it supersedes, and tell the node where the client is now.
+    async fn on_route_announced(&mut self, route: ClientRoute) {
+        let client = route.client;
+        if let Some(ownership) = self.owned.get_mut(&client)
+            && ownership.claimed_elsewhere(&route) == Some(OwnershipEvent::Lost)
+        {
+            self.owned.remove(&client);
+            let reason = GoAwayReason::Replaced;
+            self.tell_node(NodeCommand::DisconnectClient { client, reason })
+                .await;
+        }
+        self.routes.observe(route);
+        let node = match self.routes.lookup(client, wall_now(), |_| true) {
+            RouteLookup::Use(route) => Some(route.node),
+            RouteLookup::ReRead => None,
+        };
+        self.tell_node(NodeCommand::SetRoute { client, node }).await;
+    }
+
+    /// A client went offline at another node: forget that claim (not a newer one).
+    async fn on_route_released(&mut self, route: ClientRoute) {
+        self.routes.offline(route.client, &route.node, route.epoch);
+        if matches!(
+            self.routes.lookup(route.client, wall_now(), |_| true),
+            RouteLookup::ReRead
+        ) {
+            self.tell_node(NodeCommand::SetRoute {
+                client: route.client,
+                node: None,
+            })
+            .await;
         }
     }
 
@@ -424,43 +527,43 @@ impl Coordinator {
                 return;
             }
         };
-        let command = match envelope.topic {
-            Topic::ConfigUpdate => serde_json::from_slice::<StateChange>(&envelope.payload)
-                .ok()
-                .map(|change| NodeCommand::ApplyRemote(Box::new(change))),
-            Topic::ClientOnline => serde_json::from_slice::<RouteNotice>(&envelope.payload)
-                .ok()
-                .map(|n| NodeCommand::SetRoute {
-                    client: n.client,
-                    node: Some(n.node),
-                }),
-            Topic::ClientOffline => serde_json::from_slice::<RouteNotice>(&envelope.payload)
-                .ok()
-                .map(|n| NodeCommand::SetRoute {
-                    client: n.client,
-                    node: None,
-                }),
-            Topic::NodeShutdown => std::str::from_utf8(&envelope.payload)
-                .ok()
-                .and_then(|id| NodeId::parse(id).ok())
-                .filter(|peer| self.up.remove(peer).is_some())
-                .map(|peer| NodeCommand::PeerDown { peer }),
-            _ => None,
-        };
-        if let Some(command) = command {
-            self.tell_node(command).await;
+        let route = || serde_json::from_slice::<ClientRoute>(&envelope.payload).ok();
+        match envelope.topic {
+            Topic::ConfigUpdate => {
+                if let Ok(change) = serde_json::from_slice::<StateChange>(&envelope.payload) {
+                    self.tell_node(NodeCommand::ApplyRemote(Box::new(change)))
+                        .await;
+                }
+            }
+            Topic::ClientOnline => {
+                if let Some(route) = route() {
+                    self.on_route_announced(route).await;
+                }
+            }
+            Topic::ClientOffline => {
+                if let Some(route) = route() {
+                    self.on_route_released(route).await;
+                }
+            }
+            Topic::NodeShutdown => {
+                let peer = std::str::from_utf8(&envelope.payload)
+                    .ok()
+                    .and_then(|id| NodeId::parse(id).ok());
+                if let Some(peer) = peer
+                    && self.up.remove(&peer).is_some()
+                {
+                    self.routes.node_gone(&peer);
+                    self.tell_node(NodeCommand::PeerDown { peer }).await;
+                }
+            }
+            _ => {}
         }
     }
 
     async fn on_tick(&mut self) {
         let me = self.settings.node_id.clone();
         let _ = self.store.heartbeat(&self.settings).await;
-        for client in self.local.clone() {
-            let _ = self
-                .store
-                .hold_route(client, &me, self.settings.lease)
-                .await;
-        }
+        self.renew_routes().await;
         let Ok(mut members) = self.store.live_members().await else {
             // Storage unreachable: keep the current view until it answers again.
             return;
@@ -474,6 +577,7 @@ impl Coordinator {
             .collect();
         for peer in gone {
             self.up.remove(&peer);
+            self.routes.node_gone(&peer);
             self.tell_node(NodeCommand::PeerDown { peer }).await;
         }
         for (peer, addr) in members {
@@ -483,6 +587,49 @@ impl Coordinator {
             }
         }
     }
+}
+
+impl Coordinator {
+    /// Renews the routes of local sessions that are due (core's `Ownership` decides when); a
+    /// session whose claim was taken over, or whose lease ran out unrenewed, is closed here.
+    async fn renew_routes(&mut self) {
+        let now = wall_now();
+        let mut lost = Vec::new();
+        for (client, ownership) in &mut self.owned {
+            // An unrenewed lease: storage was out of reach; the client may reconnect.
+            let mut reason = GoAwayReason::Normal;
+            let event = match ownership.handle_timeout(now) {
+                Some(OwnershipEvent::Renew(renewal)) => {
+                    let result = match self.store.renew_route(&renewal, self.settings.lease).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            // A newer session of this client claimed it elsewhere.
+                            reason = GoAwayReason::Replaced;
+                            Err(RenewError::Conflict(RouteConflict {
+                                owner: renewal.node.clone(),
+                                epoch: renewal.epoch,
+                            }))
+                        }
+                        Err(_) => Err(RenewError::Unavailable),
+                    };
+                    ownership.renewed(&renewal, result)
+                }
+                other => other,
+            };
+            if event == Some(OwnershipEvent::Lost) {
+                lost.push((*client, reason));
+            }
+        }
+        for (client, reason) in lost {
+            self.owned.remove(&client);
+            self.tell_node(NodeCommand::DisconnectClient { client, reason })
+                .await;
+        }
+    }
+}
+
+fn wall_now() -> UnixMillis {
+    crate::clock::wall_now()
 }
 
 async fn recv_broker(

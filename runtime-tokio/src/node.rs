@@ -77,6 +77,14 @@ pub enum NodeCommand {
     },
     /// Apply a change another node made.
     ApplyRemote(Box<StateChange>),
+    /// Close a client's session here: `Replaced` when a newer session claimed its route
+    /// elsewhere, `Normal` when this node lost its claim (the client reconnects).
+    DisconnectClient {
+        /// The client.
+        client: ClientId,
+        /// The GOAWAY reason.
+        reason: tunnox_core::wire::GoAwayReason,
+    },
     /// Catch up with the shared state (after missed broker messages).
     AdoptState(Box<tunnox_core::node::ControlState>),
 }
@@ -383,6 +391,9 @@ impl NodeDriver {
             }
             NodeCommand::SetRoute { client, node } => self.node.set_route(now, client, node),
             NodeCommand::ApplyRemote(change) => self.node.apply_remote_change(now, *change),
+            NodeCommand::DisconnectClient { client, reason } => {
+                self.node.disconnect_client(now, client, reason);
+            }
             NodeCommand::AdoptState(state) => {
                 self.node.adopt_state(now, &state);
             }

@@ -86,31 +86,48 @@ async fn state_membership_and_routes_live_in_redis_with_leases_and_owners() {
     s.leave(&node("n2")).await.unwrap();
     assert!(s.live_members().await.unwrap().is_empty());
 
-    // Routes: a claim wins; the old owner can neither renew nor release it.
+    // Routes: every claim raises the epoch and wins; the older claim can neither renew nor
+    // release; epochs never go back, not even after a route expired.
     let c = ClientId(42);
     let long = Duration::from_secs(30);
-    s.claim_route(c, &node("n1"), long).await.unwrap();
-    assert_eq!(s.route(c).await.unwrap(), Some(node("n1")));
-    s.claim_route(c, &node("n2"), long).await.unwrap();
-    assert!(
-        !s.hold_route(c, &node("n1"), long).await.unwrap(),
-        "n1 lost it"
-    );
-    s.release_route(c, &node("n1")).await.unwrap();
+    let first = s.claim_route(c, &node("n1"), long).await.unwrap();
+    assert_eq!(first.epoch, 1);
     assert_eq!(
-        s.route(c).await.unwrap(),
+        s.route(c).await.unwrap().map(|r| (r.node, r.epoch)),
+        Some((node("n1"), 1))
+    );
+    let second = s.claim_route(c, &node("n2"), long).await.unwrap();
+    assert_eq!(second.epoch, 2);
+    assert!(
+        !s.renew_route(&first, long).await.unwrap(),
+        "n1's claim is superseded"
+    );
+    s.release_route(&first).await.unwrap();
+    assert_eq!(
+        s.route(c).await.unwrap().map(|r| r.node),
         Some(node("n2")),
         "not released by n1"
     );
-    assert!(s.hold_route(c, &node("n2"), lease).await.unwrap());
+    assert!(s.renew_route(&second, lease).await.unwrap());
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(
         s.route(c).await.unwrap(),
         None,
         "an unrenewed route expires"
     );
-    s.claim_route(c, &node("n2"), long).await.unwrap();
-    s.release_route(c, &node("n2")).await.unwrap();
+    // The owner renewing late writes it again (no newer claim was made) ...
+    assert!(s.renew_route(&second, long).await.unwrap());
+    let read = s.route(c).await.unwrap().unwrap();
+    assert_eq!((read.node.clone(), read.epoch), (node("n2"), 2));
+    assert!(
+        read.lease_expires_at > first.lease_expires_at,
+        "with the new lease"
+    );
+    // ... and the next claim still goes up.
+    let third = s.claim_route(c, &node("n1"), long).await.unwrap();
+    assert_eq!(third.epoch, 3);
+    assert!(!s.renew_route(&second, long).await.unwrap());
+    s.release_route(&third).await.unwrap();
     assert_eq!(s.route(c).await.unwrap(), None);
     remove_prefix(&url, &prefix).await;
 }
@@ -179,6 +196,109 @@ async fn a_gap_in_config_updates_makes_the_node_adopt_the_shared_state() {
         adopted.users.len(),
         3,
         "the lost change (user 2) is in the adopted state"
+    );
+    remove_prefix(&url, &prefix).await;
+}
+
+/// A coordinator for node `name` on `bus` and the store: its event sender and the node commands
+/// it sends.
+fn coordinator(
+    name: &str,
+    bus: &MemoryBus,
+    store: &ClusterStore,
+) -> (
+    mpsc::Sender<tunnox_runtime_tokio::node::ClusterEvent>,
+    mpsc::Receiver<NodeCommand>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let broker = AnyBroker::Memory(bus.broker(Origin {
+        node: node(name),
+        incarnation: 1,
+    }));
+    let (commands, received) = mpsc::channel(64);
+    let (events_tx, events) = mpsc::channel(64);
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let c = Coordinator::new_detached(
+        settings(name, Duration::from_secs(30)),
+        store.clone(),
+        broker,
+    )
+    .attach(commands);
+    tokio::spawn(c.run(events, stopped));
+    (events_tx, received, stop)
+}
+
+/// The commands received until `until` says stop (within the patience).
+async fn commands_until(
+    received: &mut mpsc::Receiver<NodeCommand>,
+    until: impl Fn(&NodeCommand) -> bool,
+) -> Vec<NodeCommand> {
+    let mut seen = Vec::new();
+    loop {
+        let command = tokio::time::timeout(PATIENCE, received.recv())
+            .await
+            .expect("the expected command came")
+            .expect("channel open");
+        let done = until(&command);
+        seen.push(command);
+        if done {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_newer_claim_replaces_the_old_session_and_a_late_offline_does_not_undo_it() {
+    use tunnox_core::wire::GoAwayReason;
+    use tunnox_runtime_tokio::node::ClusterEvent;
+    let Some(url) = redis_url("cluster_claims") else {
+        return;
+    };
+    let prefix = unique_key_prefix("cluster_claims");
+    let s = store(&url, &prefix);
+    let bus = MemoryBus::new(BrokerConfig::default());
+    let (n1, mut n1_commands, _s1) = coordinator("n1", &bus, &s);
+    let (n2, _n2_commands, _s2) = coordinator("n2", &bus, &s);
+    let (_n3, mut n3_commands, _s3) = coordinator("n3", &bus, &s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = ClientId(5);
+    let route_is = |want: Option<&'static str>| {
+        move |c: &NodeCommand| {
+            matches!(c, NodeCommand::SetRoute { client: ClientId(5), node: n }
+                if n.as_ref().map(NodeId::as_str) == want)
+        }
+    };
+
+    // The client's session is on n1; n3 learns it.
+    n1.send(ClusterEvent::ClientOnline(client)).await.unwrap();
+    commands_until(&mut n3_commands, route_is(Some("n1"))).await;
+    // It reconnects to n2: n1 must drop its old session as replaced, n3 follows.
+    n2.send(ClusterEvent::ClientOnline(client)).await.unwrap();
+    commands_until(&mut n3_commands, route_is(Some("n2"))).await;
+    let at_n1 = commands_until(&mut n1_commands, |c| {
+        matches!(c, NodeCommand::DisconnectClient { .. })
+    })
+    .await;
+    assert!(matches!(
+        at_n1.last(),
+        Some(NodeCommand::DisconnectClient {
+            client: ClientId(5),
+            reason: GoAwayReason::Replaced
+        })
+    ));
+    // The old session at n1 then ends: it no longer owns a claim, so nothing it announces may
+    // erase the newer route (and an offline of an older epoch would be ignored: RouteCache).
+    n1.send(ClusterEvent::ClientOffline(client)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(command) = n3_commands.try_recv() {
+        assert!(
+            !route_is(None)(&command),
+            "a stale offline erased the route at n3"
+        );
+    }
+    assert_eq!(
+        s.route(client).await.unwrap().map(|r| r.node),
+        Some(node("n2"))
     );
     remove_prefix(&url, &prefix).await;
 }

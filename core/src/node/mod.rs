@@ -857,11 +857,24 @@ impl Node {
 
     /// Disconnects a client now (GOAWAY Kicked); it will not reconnect by itself.
     pub fn kick_client(&mut self, now: Instant, client: ClientId) -> bool {
+        self.disconnect_client(now, client, GoAwayReason::Kicked)
+    }
+
+    /// Closes `client`'s session here with GOAWAY(`reason`): `Replaced` when its route was
+    /// claimed by a newer session elsewhere (the client does not come back here), `Normal` when
+    /// this node can no longer prove it owns the client (the client reconnects, maybe
+    /// elsewhere). Whether it had a session here.
+    pub fn disconnect_client(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        reason: GoAwayReason,
+    ) -> bool {
         let Some(conn) = self.registry.live_session(client.0) else {
             return false;
         };
         if let Some(slot) = self.slots.get_mut(&conn) {
-            slot.session.kick(GoAwayReason::Kicked);
+            slot.session.kick(reason);
         }
         self.after_session_input(now, conn);
         true
