@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
@@ -18,6 +18,7 @@ use tunnox_core::tunnel::DialFailure;
 use tunnox_proto::wire::control_request::Body;
 
 use crate::clock::Clock;
+use crate::net::{Conn, Net, TokioNet};
 use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 
 /// Capacity of the driver's event channels.
@@ -64,8 +65,8 @@ impl std::fmt::Debug for ClientTls {
 enum Background {
     Connected(AttemptId, Box<dyn SessionStream>),
     ConnectFailed(AttemptId),
-    Visitor(String, TcpStream, SocketAddr),
-    Dialed(LocalId, Result<TcpStream, DialFailure>),
+    Visitor(String, Conn, SocketAddr),
+    Dialed(LocalId, Result<Conn, DialFailure>),
 }
 
 #[derive(Debug)]
@@ -97,6 +98,8 @@ pub struct AgentDriver {
     tls: Option<ClientTls>,
     /// Frames gathered for the session socket during a flush.
     outbox: Outbox,
+    /// The network it connects and listens on.
+    net: Arc<dyn Net>,
 }
 
 impl std::fmt::Debug for Background {
@@ -135,7 +138,14 @@ impl AgentDriver {
             notices,
             tls: None,
             outbox: Outbox::default(),
+            net: Arc::new(TokioNet),
         }
+    }
+
+    /// Connects and listens on `net` instead of the machine's TCP (a simulated network).
+    pub fn with_net(mut self, net: Arc<dyn Net>) -> AgentDriver {
+        self.net = net;
+        self
     }
 
     /// Connects to the node over TLS with `connector`, verifying `server_name` in every
@@ -203,7 +213,7 @@ impl AgentDriver {
                     eof: false,
                     paused: false,
                 };
-                let added = self.sockets.add_tcp(stream, Framing::Raw, kind);
+                let added = self.sockets.add_conn(stream, Framing::Raw, kind);
                 debug_assert_eq!(added, id);
                 self.local_socket.insert(id, id);
                 self.agent.visitor_accepted(now, &mapping, id, Some(addr));
@@ -216,7 +226,7 @@ impl AgentDriver {
                         eof: false,
                         paused: false,
                     };
-                    let id = self.sockets.add_tcp(stream, Framing::Raw, kind);
+                    let id = self.sockets.add_conn(stream, Framing::Raw, kind);
                     self.local_socket.insert(local, id);
                     self.agent.dial_result(now, local, Ok(()));
                 }
@@ -384,10 +394,11 @@ impl AgentDriver {
                 let addr = self.servers[server];
                 let background = self.background_tx.clone();
                 let tls = self.tls.as_ref().map(|tls| tls.for_server(server));
+                let net = self.net.clone();
                 tokio::spawn(async move {
                     let stream = match tls {
-                        None => connect(addr, None).await,
-                        Some(Some(tls)) => connect(addr, Some(tls)).await,
+                        None => connect(&*net, addr, None).await,
+                        Some(Some(tls)) => connect(&*net, addr, Some(tls)).await,
                         // TLS without any name to verify: nothing could be trusted.
                         Some(None) => None,
                     };
@@ -406,8 +417,9 @@ impl AgentDriver {
             AgentOutput::Listen { mapping, addr, .. } => {
                 let background = self.background_tx.clone();
                 let name = mapping.clone();
+                let bind = self.net.bind(addr.to_string());
                 let handle = tokio::spawn(async move {
-                    let Ok(listener) = TcpListener::bind(&addr).await else {
+                    let Ok(mut listener) = bind.await else {
                         return;
                     };
                     while let Ok((stream, peer)) = listener.accept().await {
@@ -431,11 +443,9 @@ impl AgentDriver {
             }
             AgentOutput::Dial { local, host, port } => {
                 let background = self.background_tx.clone();
+                let connect = self.net.connect(host, port);
                 tokio::spawn(async move {
-                    let dial = tokio::time::timeout(
-                        DIAL_TIMEOUT,
-                        TcpStream::connect((host.as_str(), port)),
-                    );
+                    let dial = tokio::time::timeout(DIAL_TIMEOUT, connect);
                     let result = match dial.await {
                         Ok(Ok(stream)) => Ok(stream),
                         Ok(Err(e)) => Err(dial_failure(&e)),
@@ -482,14 +492,18 @@ impl AgentDriver {
 /// Connects to a node, over TLS verifying the name when given; `None` if either step fails (the
 /// agent backs off and retries).
 async fn connect(
+    net: &dyn Net,
     addr: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
 ) -> Option<Box<dyn SessionStream>> {
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(addr))
+    let connect = net.connect(addr.ip().to_string(), addr.port());
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, connect)
         .await
         .ok()?
         .ok()?;
-    let _ = tcp.set_nodelay(true);
+    if let Conn::Tcp(tcp) = &tcp {
+        let _ = tcp.set_nodelay(true);
+    }
     match tls {
         None => Some(Box::new(tcp)),
         Some((connector, name)) => {

@@ -7,14 +7,17 @@
 //! run over mutual TLS: every node presents a certificate signed by the cluster's CA and accepts
 //! only peers whose certificate is.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::net::{Conn, Listener, Net};
 use tunnox_proto::bridge::BridgePacket;
 use tunnox_proto::bridge::node_bridge_client::NodeBridgeClient;
 use tunnox_proto::bridge::node_bridge_server::{NodeBridge, NodeBridgeServer};
@@ -104,6 +107,12 @@ impl BridgeTls {
     fn ca(&self) -> tonic::transport::Certificate {
         tonic::transport::Certificate::from_pem(&self.ca_pem)
     }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = ();
+
+    fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
 /// The name a peer's certificate must carry: the host part of its bridge address.
@@ -268,7 +277,20 @@ pub async fn serve(
     service: BridgeService,
     tls: Option<BridgeTls>,
 ) -> Result<(), BridgeError> {
-    let mut server = tonic::transport::Server::builder().tcp_nodelay(true);
+    serve_on(Box::new(listener), service, tls).await
+}
+
+/// [`serve`] on any network's listener.
+pub async fn serve_on(
+    listener: Box<dyn Listener>,
+    service: BridgeService,
+    tls: Option<BridgeTls>,
+) -> Result<(), BridgeError> {
+    let incoming = futures_util::stream::unfold(listener, |mut listener| async move {
+        let accepted = listener.accept().await.map(|(conn, _)| conn);
+        Some((accepted, listener))
+    });
+    let mut server = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         server = server
             .tls_config(tls.server_config())
@@ -276,7 +298,7 @@ pub async fn serve(
     }
     server
         .add_service(NodeBridgeServer::new(service))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming)
         .await
         .map_err(|e| BridgeError::Tls(e.to_string()))
 }
@@ -285,11 +307,16 @@ pub async fn serve(
 /// `tls`, over mutual TLS, the peer's certificate checked against the cluster CA for the host
 /// part of `addr`.
 pub async fn dial(
+    net: &Arc<dyn Net>,
     addr: &str,
     hello: &LinkHello,
     connect_timeout: Duration,
     tls: Option<&BridgeTls>,
 ) -> Result<BridgeLink, BridgeError> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(_, port)| Some((host_of(addr).to_owned(), port.parse::<u16>().ok()?)))
+        .ok_or_else(|| BridgeError::Address(addr.to_owned()))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| BridgeError::Address(addr.to_owned()))?
@@ -304,8 +331,13 @@ pub async fn dial(
             .tls_config(config)
             .map_err(|e| BridgeError::Tls(e.to_string()))?;
     }
+    let net = net.clone();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let connect = net.connect(host.clone(), port);
+        async move { connect.await.map(hyper_util::rt::TokioIo::new) }
+    });
     let channel = endpoint
-        .connect()
+        .connect_with_connector(connector)
         .await
         .map_err(|source| BridgeError::Connect {
             addr: addr.to_owned(),

@@ -14,6 +14,7 @@ pub mod bridge;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
+pub mod net;
 pub mod node;
 pub mod socket;
 pub mod storage;

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -15,6 +17,7 @@ use tunnox_core::relay::LocalOutput;
 
 use crate::bridge::{BridgeLink, BridgeTls, LinkHello};
 use crate::clock::Clock;
+use crate::net::{Conn, Listener, Net, TokioNet};
 use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
 use crate::storage::EmbeddedStore;
 
@@ -182,7 +185,7 @@ enum Kind {
 }
 
 /// Accepted node-port visitors, reported by the port's accept task.
-type VisitorAccept = (u16, TcpStream, SocketAddr);
+type VisitorAccept = (u16, Conn, SocketAddr);
 
 /// TLS for client sessions.
 #[derive(Clone)]
@@ -212,8 +215,10 @@ pub struct NodeDriver {
     default_bind: String,
     /// TLS for client sessions (None = plain TCP, for tests and loopback only).
     tls: Option<ServerTls>,
-    secured_tx: mpsc::Sender<tokio_rustls::server::TlsStream<TcpStream>>,
-    secured: mpsc::Receiver<tokio_rustls::server::TlsStream<TcpStream>>,
+    secured_tx: mpsc::Sender<tokio_rustls::server::TlsStream<Conn>>,
+    secured: mpsc::Receiver<tokio_rustls::server::TlsStream<Conn>>,
+    /// The network node ports and bridge dials use.
+    net: Arc<dyn Net>,
     /// Frames gathered for one connection during a flush.
     outbox: Outbox,
     /// Bridge links and the cluster task, when the node is in a cluster.
@@ -235,6 +240,7 @@ impl NodeDriver {
             tls: None,
             secured_tx,
             secured,
+            net: Arc::new(TokioNet),
             node,
             clock,
             store,
@@ -286,9 +292,24 @@ impl NodeDriver {
         self
     }
 
+    /// Listens for node ports and dials peers on `net` instead of the machine's TCP.
+    pub fn with_net(mut self, net: Arc<dyn Net>) -> NodeDriver {
+        self.net = net;
+        self
+    }
+
     /// Serves clients on `listener` and answers `commands` until `Shutdown` or the command
     /// channel closes.
-    pub async fn run(mut self, listener: TcpListener, mut commands: mpsc::Receiver<NodeCommand>) {
+    pub async fn run(self, listener: TcpListener, commands: mpsc::Receiver<NodeCommand>) {
+        self.run_on(Box::new(listener), commands).await;
+    }
+
+    /// [`NodeDriver::run`] on any network's listener.
+    pub async fn run_on(
+        mut self,
+        mut listener: Box<dyn Listener>,
+        mut commands: mpsc::Receiver<NodeCommand>,
+    ) {
         self.flush();
         let mut draining: Option<(tunnox_core::time::Instant, oneshot::Sender<()>)> = None;
         loop {
@@ -320,7 +341,7 @@ impl NodeDriver {
                     if let Ok((stream, _)) = accepted {
                         match self.tls.clone() {
                             None => {
-                                let id = self.sockets.add_tcp(stream, Framing::Frames, Kind::Client);
+                                let id = self.sockets.add_conn(stream, Framing::Frames, Kind::Client);
                                 self.node.accept_connection(self.clock.now(), id);
                             }
                             // The handshake runs in its own task: the accept loop never waits on
@@ -328,7 +349,9 @@ impl NodeDriver {
                             Some(ServerTls(acceptor)) => {
                                 let secured = self.secured_tx.clone();
                                 tokio::spawn(async move {
-                                    let _ = stream.set_nodelay(true);
+                                    if let Conn::Tcp(tcp) = &stream {
+                                        let _ = tcp.set_nodelay(true);
+                                    }
                                     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                                     if let Ok(Ok(tls)) = handshake.await {
                                         let _ = secured.send(tls).await;
@@ -347,7 +370,7 @@ impl NodeDriver {
                 }
                 Some((port, stream, addr)) = self.visitors.recv() => {
                     let kind = Kind::Visitor { pending: VecDeque::new(), eof: false, paused: false };
-                    let id = self.sockets.add_tcp(stream, Framing::Raw, kind);
+                    let id = self.sockets.add_conn(stream, Framing::Raw, kind);
                     self.node.visitor_accepted(self.clock.now(), port, id, Some(addr));
                 }
                 () = sleep_until(deadline) => self.node.handle_timeout(self.clock.now()),
@@ -547,8 +570,9 @@ impl NodeDriver {
                     bind.unwrap_or_else(|| self.default_bind.clone())
                 );
                 let visitors = self.visitors_tx.clone();
+                let bind = self.net.bind(addr);
                 let handle = tokio::spawn(async move {
-                    let Ok(listener) = TcpListener::bind(&addr).await else {
+                    let Ok(mut listener) = bind.await else {
                         return;
                     };
                     while let Ok((stream, peer)) = listener.accept().await {
@@ -640,9 +664,10 @@ impl NodeDriver {
         };
         let hello = cluster.hello.clone();
         let tls = cluster.tls.clone();
+        let net = self.net.clone();
         let done = cluster.arrivals_tx.clone();
         tokio::spawn(async move {
-            let link = crate::bridge::dial(&addr, &hello, BRIDGE_DIAL_TIMEOUT, tls.as_ref())
+            let link = crate::bridge::dial(&net, &addr, &hello, BRIDGE_DIAL_TIMEOUT, tls.as_ref())
                 .await
                 .ok();
             let _ = done.send(LinkArrival::Dialled(peer, link)).await;
@@ -679,7 +704,15 @@ pub fn spawn_node(
     driver: NodeDriver,
     listener: TcpListener,
 ) -> (mpsc::Sender<NodeCommand>, JoinHandle<()>) {
+    spawn_node_on(driver, Box::new(listener))
+}
+
+/// [`spawn_node`] on any network's listener.
+pub fn spawn_node_on(
+    driver: NodeDriver,
+    listener: Box<dyn Listener>,
+) -> (mpsc::Sender<NodeCommand>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    let handle = tokio::spawn(driver.run(listener, rx));
+    let handle = tokio::spawn(driver.run_on(listener, rx));
     (tx, handle)
 }

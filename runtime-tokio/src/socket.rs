@@ -228,6 +228,14 @@ impl<K> SocketTable<K> {
         id
     }
 
+    /// Serves a connection from a [`crate::net::Net`]: directly written if it is tokio TCP.
+    pub fn add_conn(&mut self, conn: crate::net::Conn, framing: Framing, kind: K) -> SocketId {
+        match conn {
+            crate::net::Conn::Tcp(stream) => self.add_tcp(stream, framing, kind),
+            crate::net::Conn::Other(stream) => self.add_stream(stream, framing, kind),
+        }
+    }
+
     /// Serves any byte stream (a TLS session, say); returns its id.
     pub fn add_stream<S>(&mut self, stream: S, framing: Framing, kind: K) -> SocketId
     where

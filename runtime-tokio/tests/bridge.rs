@@ -14,6 +14,10 @@ use tunnox_runtime_tokio::bridge::{BridgeLink, BridgeService, BridgeTls, LinkHel
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
+fn tcp() -> std::sync::Arc<dyn tunnox_runtime_tokio::net::Net> {
+    std::sync::Arc::new(tunnox_runtime_tokio::net::TokioNet)
+}
+
 fn hello(name: &str, epoch: u64) -> LinkHello {
     LinkHello {
         node_id: name.to_owned(),
@@ -92,7 +96,9 @@ async fn carries_bytes_both_ways(dialled: BridgeLink, accepted: &mut mpsc::Recei
 #[tokio::test]
 async fn a_plaintext_link_introduces_both_ends_and_carries_bytes_both_ways() {
     let (addr, mut accepted) = bridge(None).await;
-    let link = dial(&addr, &hello("n1", 11), PATIENCE, None).await.unwrap();
+    let link = dial(&tcp(), &addr, &hello("n1", 11), PATIENCE, None)
+        .await
+        .unwrap();
     carries_bytes_both_ways(link, &mut accepted).await;
 }
 
@@ -102,7 +108,7 @@ async fn a_mutual_tls_link_between_nodes_of_one_ca_carries_bytes() {
     let (addr, mut accepted) = bridge(Some(ca.node(&["127.0.0.1"]))).await;
     let mine = ca.node(&["127.0.0.1"]);
     mine.check().unwrap();
-    let link = dial(&addr, &hello("n1", 11), PATIENCE, Some(&mine))
+    let link = dial(&tcp(), &addr, &hello("n1", 11), PATIENCE, Some(&mine))
         .await
         .unwrap();
     carries_bytes_both_ways(link, &mut accepted).await;
@@ -110,7 +116,7 @@ async fn a_mutual_tls_link_between_nodes_of_one_ca_carries_bytes() {
 
 /// A dial that must not produce a link: it fails, or the server never hands one over.
 async fn no_link(addr: &str, tls: Option<&BridgeTls>, accepted: &mut mpsc::Receiver<BridgeLink>) {
-    let dialled = dial(addr, &hello("n1", 11), Duration::from_secs(3), tls).await;
+    let dialled = dial(&tcp(), addr, &hello("n1", 11), Duration::from_secs(3), tls).await;
     assert!(
         dialled.is_err(),
         "a link was made: {:?}",
