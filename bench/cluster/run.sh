@@ -3,7 +3,7 @@
 #  latency:  the same 64-byte ping-pong and iperf3 stream through a tunnel whose entry and target
 #            clients are on the same node, then on different nodes (entry -> node 1 -> bridge ->
 #            node 2 -> target);
-#  streams:  STREAMS (1000) concurrent connections held through the cross-node tunnel, each
+#  streams:  STREAMS (2000) concurrent connections held through the cross-node tunnel, each
 #            proven by an echo, and how many bridge connections carry them;
 #  failover: node 2 killed; time until a new stream through the tunnel works again (the target
 #            client moves to node 3), against the lease.
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../.."
 T="${CARGO_TARGET_DIR:-target}/release"
 TUNNOX="$T/tunnox"; PROBE="$T/tunnel-probe"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-5}"; ROUNDS="${ROUNDS:-20000}"; RUNS="${RUNS:-3}"
-SECTIONS="${SECTIONS:-latency streams failover}"; STREAMS="${STREAMS:-1000}"; LEASE_MS="${LEASE_MS:-3000}"
+SECTIONS="${SECTIONS:-latency streams failover}"; STREAMS="${STREAMS:-2000}"; LEASE_MS="${LEASE_MS:-3000}"
 WORK="$(mktemp -d)"; PREFIX="tunnox-bench-$$:"
 PIDS=()
 cleanup() {
@@ -86,14 +86,16 @@ fi
 
 if has streams; then
   tunnel hold-cross 2 19900 19930
-  # Bridge connections between node 1 and node 2 before, and while STREAMS are held.
-  bridges() { ss -Htn state established '( sport = :19812 or dport = :19812 )' | grep -c 127.0.0.1 || true; }
+  # Bridge connections between node 1 and node 2 (either may have dialled): node 1's sockets to
+  # node 2's bridge port plus node 2's sockets to node 1's.
+  owned() { ss -Htnp state established "( dport = :$2 )" | grep -c "pid=$1," || true; }
+  bridges() { echo $(( $(owned "${NODE_PID[1]}" 19812) + $(owned "${NODE_PID[2]}" 19811) )); }
   before=$(bridges)
   coproc HOLD { "$PROBE" hold --to 127.0.0.1:19930 --count "$STREAMS"; }
   read -r held_line <&"${HOLD[0]}"
   during=$(bridges)
   rss1=$(ps -o rss= -p "${NODE_PID[1]}"); rss2=$(ps -o rss= -p "${NODE_PID[2]}")
-  echo "streams: $held_line through the cross-node tunnel; TCP connections on node 2's bridge port: $before before, $during while held (each counted at both ends on loopback); RSS node1 ${rss1} KiB node2 ${rss2} KiB"
+  echo "streams: $held_line through the cross-node tunnel; bridge connections node 1 <-> node 2: $before before, $during while held (new streams take the least-loaded link); RSS node1 ${rss1} KiB node2 ${rss2} KiB"
   exec {HOLD[1]}>&-
   wait "$HOLD_PID" 2>/dev/null || true
 fi
