@@ -15,6 +15,8 @@
 //!   epoch wins), read storage when an open needs a route they lack, and re-read it when a peer
 //!   says the client is not there. A newer claim elsewhere closes the old session (`Replaced`);
 //!   an unrenewed lease closes it too (`Normal`: the client reconnects).
+//! * **Kicks.** A client kicked on a node it is not connected to is disconnected by the node
+//!   that holds it, through `client.disconnect`.
 //! * **Control state.** Every durable change is written to the hash `{prefix}cluster:state`
 //!   (one field per object) and published on `config.update`; other nodes apply it at once, and
 //!   a node starting loads the whole hash. A gap in `config.update` or a broker reconnect makes
@@ -394,6 +396,7 @@ impl Coordinator {
             Topic::ClientOnline,
             Topic::ClientOffline,
             Topic::ConfigUpdate,
+            Topic::ClientDisconnect,
             Topic::NodeShutdown,
         ];
         let mut subscription = self.broker.subscribe(&topics).await.ok();
@@ -452,6 +455,14 @@ impl Coordinator {
                 if let Some(ownership) = self.owned.remove(&client) {
                     let _ = self.store.release_route(ownership.route()).await;
                     self.announce(Topic::ClientOffline, ownership.route()).await;
+                }
+            }
+            ClusterEvent::Disconnect(client) => {
+                if let Ok(payload) = serde_json::to_vec(&client) {
+                    let _ = self
+                        .broker
+                        .publish(Topic::ClientDisconnect, payload.into())
+                        .await;
                 }
             }
             ClusterEvent::LookupRoute(client) => {
@@ -529,6 +540,8 @@ impl Coordinator {
         };
         let route = || serde_json::from_slice::<ClientRoute>(&envelope.payload).ok();
         match envelope.topic {
+            // This node applied its own change already (the topic comes back to its origin).
+            Topic::ConfigUpdate if envelope.origin.node == self.settings.node_id => {}
             Topic::ConfigUpdate => {
                 if let Ok(change) = serde_json::from_slice::<StateChange>(&envelope.payload) {
                     self.tell_node(NodeCommand::ApplyRemote(Box::new(change)))
@@ -543,6 +556,13 @@ impl Coordinator {
             Topic::ClientOffline => {
                 if let Some(route) = route() {
                     self.on_route_released(route).await;
+                }
+            }
+            Topic::ClientDisconnect => {
+                if let Ok(client) = serde_json::from_slice::<ClientId>(&envelope.payload) {
+                    let reason = GoAwayReason::Kicked;
+                    self.tell_node(NodeCommand::DisconnectClient { client, reason })
+                        .await;
                 }
             }
             Topic::NodeShutdown => {

@@ -50,6 +50,15 @@ pub enum NodeCommand {
         /// The answer.
         reply: oneshot::Sender<Result<(), AdminError>>,
     },
+    /// Disconnect a client wherever it is (GOAWAY Kicked: it does not reconnect by itself);
+    /// answers whether its session was on this node (if not, and the node is in a cluster, the
+    /// request goes to every other node).
+    Kick {
+        /// The client.
+        client: ClientId,
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// Drain: GOAWAY to every client, then stop once all have gone or `within` has passed.
     Drain {
         /// The longest the drain may take.
@@ -103,6 +112,8 @@ pub enum ClusterEvent {
     ClientOffline(ClientId),
     /// The node needs the route of this client: read it and answer with `SetRoute`.
     LookupRoute(ClientId),
+    /// Close this client's session on whichever node holds it (it is not here).
+    Disconnect(ClientId),
 }
 
 /// How long a bridge dial may take.
@@ -414,6 +425,13 @@ impl NodeDriver {
             }
             NodeCommand::SetRoute { client, node } => self.node.set_route(now, client, node),
             NodeCommand::ApplyRemote(change) => self.node.apply_remote_change(now, *change),
+            NodeCommand::Kick { client, reply } => {
+                let here = self.node.kick_client(now, client);
+                if !here {
+                    self.tell_cluster(ClusterEvent::Disconnect(client));
+                }
+                let _ = reply.send(here);
+            }
             NodeCommand::DisconnectClient { client, reason } => {
                 self.node.disconnect_client(now, client, reason);
             }

@@ -302,3 +302,33 @@ async fn a_newer_claim_replaces_the_old_session_and_a_late_offline_does_not_undo
     );
     remove_prefix(&url, &prefix).await;
 }
+
+#[tokio::test]
+async fn a_kick_issued_on_another_node_reaches_the_node_holding_the_client() {
+    use tunnox_core::wire::GoAwayReason;
+    use tunnox_runtime_tokio::node::ClusterEvent;
+    let Some(url) = redis_url("cluster_kick") else {
+        return;
+    };
+    let prefix = unique_key_prefix("cluster_kick");
+    let s = store(&url, &prefix);
+    let bus = MemoryBus::new(BrokerConfig::default());
+    let (n1, _n1_commands, _s1) = coordinator("n1", &bus, &s);
+    let (_n2, mut n2_commands, _s2) = coordinator("n2", &bus, &s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    n1.send(ClusterEvent::Disconnect(ClientId(9)))
+        .await
+        .unwrap();
+    let seen = commands_until(&mut n2_commands, |c| {
+        matches!(c, NodeCommand::DisconnectClient { .. })
+    })
+    .await;
+    assert!(matches!(
+        seen.last(),
+        Some(NodeCommand::DisconnectClient {
+            client: ClientId(9),
+            reason: GoAwayReason::Kicked
+        })
+    ));
+    remove_prefix(&url, &prefix).await;
+}

@@ -122,6 +122,13 @@ async fn coordinate(dir: SharedDirectory, me: NodeId, mut events: mpsc::Receiver
                     d.routes.remove(&client);
                 }
             }
+            ClusterEvent::Disconnect(client) => {
+                let reason = tunnox_core::wire::GoAwayReason::Kicked;
+                tell_others(&dir, &me, || NodeCommand::DisconnectClient {
+                    client,
+                    reason,
+                });
+            }
             ClusterEvent::LookupRoute(client) => {
                 let (node, tx) = {
                     let d = dir.lock().unwrap();

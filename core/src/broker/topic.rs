@@ -24,6 +24,8 @@ pub enum Topic {
     NodeHeartbeat,
     /// The origin node is shutting down.
     NodeShutdown,
+    /// Close a client's session wherever it is (an administrator's kick).
+    ClientDisconnect,
 }
 
 /// A topic name that names no known [`Topic`].
@@ -33,7 +35,7 @@ pub struct UnknownTopic(pub String);
 
 impl Topic {
     /// Number of topics.
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     /// Every topic, in [`Topic::index`] order.
     pub const ALL: [Topic; Topic::COUNT] = [
@@ -46,6 +48,7 @@ impl Topic {
         Topic::BridgeResponse,
         Topic::NodeHeartbeat,
         Topic::NodeShutdown,
+        Topic::ClientDisconnect,
     ];
 
     /// The wire name.
@@ -60,6 +63,7 @@ impl Topic {
             Topic::BridgeResponse => "bridge.response",
             Topic::NodeHeartbeat => "node.heartbeat",
             Topic::NodeShutdown => "node.shutdown",
+            Topic::ClientDisconnect => "client.disconnect",
         }
     }
 
