@@ -6,12 +6,13 @@
 #[path = "../../runtime-tokio/tests/services/mod.rs"]
 mod services;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{Proc, free_port};
 use tunnox_runtime_tokio::clock::WallClock;
 use tunnox_runtime_tokio::storage::{
     CachePolicy, HybridStorage, RedisCache, RedisConfig, RemoteConfig, RemoteStorage, Storage,
@@ -20,63 +21,19 @@ use tunnox_runtime_tokio::storage::{
 
 const TOKEN: &str = "storage-server test token, long enough";
 
-/// A `tunnox storage-server` process, killed when dropped.
-struct StorageServerProc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl StorageServerProc {
-    fn spawn(dir: &std::path::Path, port: u16) -> StorageServerProc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnox"))
-            .args(["storage-server", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data")
-            .arg(dir)
-            .env("TUNNOX_STORAGE_TOKEN", TOKEN)
-            .env_remove("TUNNOX_STORAGE_TOKEN_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let server = StorageServerProc { child, lines };
-        let line = server
-            .lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the storage server says where it listens");
-        assert!(line.contains("listening on"), "{line}");
-        server
-    }
-
-    /// SIGKILL: no chance to flush or close anything.
-    fn crash(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for StorageServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A `tunnox storage-server` process on `port` over `dir`, killed when dropped.
+fn storage_server(dir: &std::path::Path, port: u16) -> Proc {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tunnox"));
+    command
+        .args(["storage-server", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data")
+        .arg(dir)
+        .env("TUNNOX_STORAGE_TOKEN", TOKEN)
+        .env_remove("TUNNOX_STORAGE_TOKEN_FILE");
+    let server = Proc::start(command);
+    server.wait_for("listening on");
+    server
 }
 
 fn fresh_dir(name: &str) -> std::path::PathBuf {
@@ -165,7 +122,7 @@ fn the_storage_server_refuses_to_start_without_a_usable_token() {
 async fn remote_storage_against_the_process_checks_the_token_and_keeps_data_across_a_crash() {
     let dir = fresh_dir("storage-server-crash");
     let port = free_port();
-    let server = StorageServerProc::spawn(&dir, port);
+    let server = storage_server(&dir, port);
     let store = remote(port, TOKEN);
     store.ping().await.unwrap();
     let wrong = remote(port, "a wrong token of enough length");
@@ -213,7 +170,7 @@ async fn remote_storage_against_the_process_checks_the_token_and_keeps_data_acro
     let err = store.get("key/00").await.unwrap_err();
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
 
-    let _server = StorageServerProc::spawn(&dir, port);
+    let _server = storage_server(&dir, port);
     for i in 0..50 {
         assert_eq!(
             store.get(&format!("key/{i:02}")).await.unwrap(),
@@ -247,7 +204,7 @@ async fn hybrid_storage_serves_cached_reads_degraded_while_the_process_is_down()
     let prefix = services::unique_key_prefix("storage-server-hybrid");
     let dir = fresh_dir("storage-server-hybrid");
     let port = free_port();
-    let server = StorageServerProc::spawn(&dir, port);
+    let server = storage_server(&dir, port);
     let mut cache_config = RedisConfig::new(url.clone());
     cache_config.key_prefix = prefix.clone();
     let cache = RedisCache::open(&cache_config, WallClock::new()).unwrap();
@@ -297,7 +254,7 @@ async fn hybrid_storage_serves_cached_reads_degraded_while_the_process_is_down()
     assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
     assert_eq!(hybrid.stats().cache.failed_writes, 2);
 
-    let _server = StorageServerProc::spawn(&dir, port);
+    let _server = storage_server(&dir, port);
     for key in &keys {
         let value = Some(Bytes::from(format!("{key} data")));
         assert_eq!(

@@ -15,9 +15,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// `tunnox ARGS`.
     pub fn spawn(args: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tunnox"))
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tunnox"));
+        command.args(args);
+        Proc::start(command)
+    }
+
+    /// Starts `command` with its stdout read line by line (stderr dropped).
+    pub fn start(mut command: Command) -> Proc {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -58,6 +65,12 @@ impl Proc {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// SIGKILL, and wait for the process: no chance to flush or close anything.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn terminate(&mut self) {
