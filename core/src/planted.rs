@@ -15,15 +15,33 @@ pub enum PlantedBug {
     HeartbeatTimeoutOffByOne,
     /// The encoder writes a DATA frame's length one byte short when the payload is over 1 KiB.
     FrameLengthOffByOne,
+    /// A node serves an open that came over a bridge link by forwarding it to yet another node
+    /// (it ignores `via_peer`).
+    ForwardedOpenServedOnward,
+    /// A node keeps a route after the peer it names answered `TargetOffline`.
+    StaleRouteKeptOnTargetOffline,
+    /// The bridge pool keeps a departed peer as a member and redials it.
+    PoolRedialsDepartedPeer,
+    /// The simulated storage renews a route for any node, not only its holder (the runtime's
+    /// renewal script without its owner check).
+    RouteRenewalIgnoresOwner,
+    /// The simulated coordinator releases a client's route when a replaced session of it ends,
+    /// though a newer session of the client is live on the same node.
+    ReplacedSessionReleasesRoute,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::DropWindowUpdate,
         PlantedBug::FinNotPropagated,
         PlantedBug::HeartbeatTimeoutOffByOne,
         PlantedBug::FrameLengthOffByOne,
+        PlantedBug::ForwardedOpenServedOnward,
+        PlantedBug::StaleRouteKeptOnTargetOffline,
+        PlantedBug::PoolRedialsDepartedPeer,
+        PlantedBug::RouteRenewalIgnoresOwner,
+        PlantedBug::ReplacedSessionReleasesRoute,
     ];
 
     /// The kebab-case name used on the command line.
@@ -33,6 +51,11 @@ impl PlantedBug {
             PlantedBug::FinNotPropagated => "fin-not-propagated",
             PlantedBug::HeartbeatTimeoutOffByOne => "heartbeat-timeout-off-by-one",
             PlantedBug::FrameLengthOffByOne => "frame-length-off-by-one",
+            PlantedBug::ForwardedOpenServedOnward => "forwarded-open-served-onward",
+            PlantedBug::StaleRouteKeptOnTargetOffline => "stale-route-kept-on-target-offline",
+            PlantedBug::PoolRedialsDepartedPeer => "pool-redials-departed-peer",
+            PlantedBug::RouteRenewalIgnoresOwner => "route-renewal-ignores-owner",
+            PlantedBug::ReplacedSessionReleasesRoute => "replaced-session-releases-route",
         }
     }
 
