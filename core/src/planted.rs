@@ -22,17 +22,14 @@ pub enum PlantedBug {
     StaleRouteKeptOnTargetOffline,
     /// The bridge pool keeps a departed peer as a member and redials it.
     PoolRedialsDepartedPeer,
-    /// The simulated storage renews a route for any node, not only its holder (the runtime's
-    /// renewal script without its owner check).
-    RouteRenewalIgnoresOwner,
-    /// The simulated coordinator releases a client's route when a replaced session of it ends,
-    /// though a newer session of the client is live on the same node.
-    ReplacedSessionReleasesRoute,
+    /// The simulated storage lists a node as a member after its record's lease ran out (a node
+    /// that died without leaving is never declared down).
+    MembershipLeaseIgnored,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 9] = [
+    pub const ALL: [PlantedBug; 8] = [
         PlantedBug::DropWindowUpdate,
         PlantedBug::FinNotPropagated,
         PlantedBug::HeartbeatTimeoutOffByOne,
@@ -40,8 +37,7 @@ impl PlantedBug {
         PlantedBug::ForwardedOpenServedOnward,
         PlantedBug::StaleRouteKeptOnTargetOffline,
         PlantedBug::PoolRedialsDepartedPeer,
-        PlantedBug::RouteRenewalIgnoresOwner,
-        PlantedBug::ReplacedSessionReleasesRoute,
+        PlantedBug::MembershipLeaseIgnored,
     ];
 
     /// The kebab-case name used on the command line.
@@ -54,8 +50,7 @@ impl PlantedBug {
             PlantedBug::ForwardedOpenServedOnward => "forwarded-open-served-onward",
             PlantedBug::StaleRouteKeptOnTargetOffline => "stale-route-kept-on-target-offline",
             PlantedBug::PoolRedialsDepartedPeer => "pool-redials-departed-peer",
-            PlantedBug::RouteRenewalIgnoresOwner => "route-renewal-ignores-owner",
-            PlantedBug::ReplacedSessionReleasesRoute => "replaced-session-releases-route",
+            PlantedBug::MembershipLeaseIgnored => "membership-lease-ignored",
         }
     }
 

@@ -36,7 +36,7 @@ use tunnox_runtime_sim::{
 use crate::hosts::agent::AgentHost;
 use crate::hosts::broker::{BrokerHost, BrokerStats};
 use crate::hosts::coordinator::CoordinatorConfig;
-use crate::hosts::node::{AdminOp, NodeHost};
+use crate::hosts::node::{AdminOp, Departure, NodeHost};
 use crate::hosts::probe::{ProbeHost, ProbeTarget};
 use crate::hosts::service::{ServiceHost, ServiceKind};
 use crate::hosts::storage::{StorageHost, StorageStats};
@@ -85,6 +85,8 @@ pub struct ClusterScenario {
     pub admin_changes: bool,
     /// One node leaves the cluster for good midway (with at least four nodes).
     pub departure: bool,
+    /// It leaves gracefully (`node.shutdown`, record removed) rather than by power loss.
+    pub graceful_departure: bool,
     /// A bug to plant.
     pub planted: Option<PlantedBug>,
     /// Keep a readable trace.
@@ -116,6 +118,7 @@ impl ClusterScenario {
             knobs: true,
             admin_changes: true,
             departure: seed % 2 == 1,
+            graceful_departure: seed % 4 == 1,
             planted: None,
             trace: false,
         }
@@ -406,7 +409,10 @@ fn build(config: &ClusterScenario) -> (World, Cast) {
             resync_every: Duration::from_secs(8),
             reconnect_after: Duration::from_millis(200 + rng.below(300)),
         };
-        let leave = (departing == Some(i)).then_some(leave_after);
+        let leave = (departing == Some(i)).then_some(Departure {
+            after: leave_after,
+            graceful: config.graceful_departure,
+        });
         let host = NodeHost::clustered(node_config, coordinator, peers.clone(), leave, rng.fork())
             .with_admin(admin);
         let id = world.add_host(
@@ -417,8 +423,13 @@ fn build(config: &ClusterScenario) -> (World, Cast) {
         nodes.push(id);
     }
     if departing.is_some() {
-        // Powered off after leaving (it drained first); heal restarts it inert.
-        let at = Instant::ZERO + leave_after + Duration::from_secs(2);
+        // Powered off: after leaving (it drained first), or at once when it just dies; heal
+        // restarts it inert.
+        let at = if config.graceful_departure {
+            Instant::ZERO + leave_after + Duration::from_secs(2)
+        } else {
+            Instant::ZERO + leave_after - Duration::from_millis(1)
+        };
         if let Some(host) = nodes.last() {
             world.schedule_fault(
                 at,
@@ -437,7 +448,11 @@ fn build(config: &ClusterScenario) -> (World, Cast) {
     let resolver: BTreeMap<String, HostId> = [("echo".to_string(), echo)].into();
     let mut agents = Vec::new();
     for (k, (id, secret)) in credentials.iter().enumerate() {
-        let known: Vec<HostId> = (0..n.min(3)).map(|j| nodes[(home(k) + j) % n]).collect();
+        // Every fourth client knows one node only (not the one that leaves): it comes back to
+        // the same node, often while its old session there is still alive (a replacement).
+        let single = k % 4 == 3 && departing != Some(home(k));
+        let addresses = if single { 1 } else { n.min(3) };
+        let known: Vec<HostId> = (0..addresses).map(|j| nodes[(home(k) + j) % n]).collect();
         let mut agent_config = AgentConfig::new(
             ClientIdentity::Login {
                 client_id: id.0,
@@ -862,6 +877,7 @@ fn full_check(world: &World, cast: &Cast) -> Result<(), String> {
 
 fn fail(world: &World, config: &ClusterScenario, error: SimError) -> Box<Failure> {
     let mut context = world.describe();
+    context.push('\n');
     let lines: Vec<&str> = world.trace_lines().collect();
     let tail = std::env::var("TUNNOX_SIM_TRACE_LINES")
         .ok()
@@ -878,6 +894,18 @@ fn fail(world: &World, config: &ClusterScenario, error: SimError) -> Box<Failure
         events: world.stats().events_processed,
         context,
     })
+}
+
+/// Each node's coordinator in one line (for failure reports).
+fn describe_nodes(world: &World, cast: &Cast) -> String {
+    let mut out = String::new();
+    for id in &cast.nodes {
+        if let Some(h) = world.host::<NodeHost>(*id) {
+            let c = h.coordinator().map(|c| c.describe()).unwrap_or_default();
+            let _ = writeln!(out, "{id} {}: {c}", h.node_id());
+        }
+    }
+    out
 }
 
 fn checker_error(time: &str, detail: String) -> SimError {
@@ -919,13 +947,8 @@ pub fn run(config: &ClusterScenario) -> Result<ClusterReport, Box<Failure>> {
         Err(e) => {
             let mut failure = fail(&world, config, e);
             let why = converged(&world, &cast).err().unwrap_or_default();
-            let _ = writeln!(failure.context, "\nnot converged: {why}");
-            for id in &cast.nodes {
-                if let Some(h) = world.host::<NodeHost>(*id) {
-                    let c = h.coordinator().map(|c| c.describe()).unwrap_or_default();
-                    let _ = writeln!(failure.context, "{id} {}: {c}", h.node_id());
-                }
-            }
+            let _ = writeln!(failure.context, "not converged: {why}");
+            failure.context.push_str(&describe_nodes(&world, &cast));
             return Err(failure);
         }
     };
@@ -968,11 +991,21 @@ pub fn run(config: &ClusterScenario) -> Result<ClusterReport, Box<Failure>> {
         }
         return Err(failure);
     }
-    let verdict = routes_true(&world, &cast, &targets)
-        .and_then(|()| full_check(&world, &cast))
-        .and_then(|()| converged(&world, &cast));
+    let verdict = routes_true(&world, &cast, &targets).and_then(|()| full_check(&world, &cast));
     if let Err(detail) = verdict {
-        return Err(fail(&world, config, checker_error("after probes", detail)));
+        let mut failure = fail(&world, config, checker_error("after probes", detail));
+        failure.context.push_str(&describe_nodes(&world, &cast));
+        return Err(failure);
+    }
+    // Still converged (membership may have blinked while a restarted node's first heartbeat
+    // was on its way: it must settle again).
+    let settle = world.now() + Duration::from_secs(30);
+    if let Err(e) = world.run_until_quiet(settle, |w| converged(w, &cast).is_ok()) {
+        let mut failure = fail(&world, config, e);
+        let why = converged(&world, &cast).err().unwrap_or_default();
+        let _ = writeln!(failure.context, "not converged after probes: {why}");
+        failure.context.push_str(&describe_nodes(&world, &cast));
+        return Err(failure);
     }
     let mut visitors = VisitorTally::default();
     for id in &cast.visitors {

@@ -620,10 +620,7 @@ impl Coordinator {
         client: ClientId,
         still_live: bool,
     ) {
-        let planted = tunnox_core::planted::active(
-            tunnox_core::planted::PlantedBug::ReplacedSessionReleasesRoute,
-        );
-        if still_live && !planted {
+        if still_live {
             return;
         }
         self.local.remove(&client);

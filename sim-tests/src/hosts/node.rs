@@ -65,6 +65,16 @@ pub struct NodeHost {
     cluster: Option<ClusterRole>,
 }
 
+/// How a node leaves the cluster for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    /// This long after its first start.
+    pub after: Duration,
+    /// With `node.shutdown` and its record removed; otherwise it just dies (power loss) and
+    /// peers learn it from its record's lease.
+    pub graceful: bool,
+}
+
 /// What a node in a cluster has beyond a node on its own.
 #[derive(Debug)]
 struct ClusterRole {
@@ -79,8 +89,8 @@ struct ClusterRole {
     dialing: BTreeMap<ConnId, NodeId>,
     /// Peers whose link went down this run (a link up again to one of them is a redial).
     links_lost: BTreeSet<NodeId>,
-    /// Leave the cluster this long after the first start.
-    leave_after: Option<Duration>,
+    /// When (after the first start) and how this node leaves the cluster for good.
+    departure: Option<Departure>,
     first_start: Option<Instant>,
     /// Left for good (durable): a restart stays down.
     departed: bool,
@@ -111,13 +121,12 @@ impl NodeHost {
     }
 
     /// A node of a cluster: its state comes from the storage host `coordinator` names; it
-    /// reaches peers at `peers`; with `leave_after`, it leaves the cluster for good that long
-    /// after it first started.
+    /// reaches peers at `peers`; with a `departure`, it leaves the cluster for good.
     pub fn clustered(
         config: NodeConfig,
         coordinator: CoordinatorConfig,
         peers: BTreeMap<NodeId, HostId>,
-        leave_after: Option<Duration>,
+        departure: Option<Departure>,
         rng: Rng,
     ) -> NodeHost {
         let mut host = NodeHost::new(config, ControlState::default(), Vec::new(), rng);
@@ -128,7 +137,7 @@ impl NodeHost {
             incarnation: 0,
             dialing: BTreeMap::new(),
             links_lost: BTreeSet::new(),
-            leave_after,
+            departure,
             first_start: None,
             departed: false,
         });
@@ -174,7 +183,11 @@ impl NodeHost {
 
     fn start(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         if let Some(cluster) = self.cluster.as_mut() {
-            cluster.first_start.get_or_insert(now);
+            let first = *cluster.first_start.get_or_insert(now);
+            // Past its departure (it was down then: it never said goodbye), it stays down.
+            if cluster.departure.is_some_and(|d| now >= first + d.after) {
+                cluster.departed = true;
+            }
             if cluster.departed {
                 return;
             }
@@ -243,19 +256,23 @@ impl NodeHost {
         }
     }
 
-    /// Leaves the cluster for good: `node.shutdown`, record removed, sessions drained.
+    /// Leaves the cluster for good: gracefully `node.shutdown`, record removed, sessions
+    /// drained; otherwise it just stops (the scenario powers it off).
     fn maybe_leave(&mut self, now: Instant, ctx: &mut HostCtx<'_>) {
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
-        let due = match (cluster.leave_after, cluster.first_start) {
-            (Some(after), Some(start)) => now >= start + after,
+        let due = match (cluster.departure, cluster.first_start) {
+            (Some(d), Some(start)) => now >= start + d.after,
             _ => false,
         };
         if !due || cluster.departed {
             return;
         }
         cluster.departed = true;
+        if !cluster.departure.is_some_and(|d| d.graceful) {
+            return;
+        }
         ctx.count("node_left_cluster");
         if let Some(coordinator) = cluster.coordinator.as_mut() {
             coordinator.leave(now, ctx);
@@ -413,6 +430,9 @@ impl NodeHost {
                 }
             }
             Notice::ClientOffline { client, .. } => {
+                if replaced {
+                    ctx.count("session_replaced_on_same_node");
+                }
                 if let Some(c) = cluster.coordinator.as_mut() {
                     c.client_offline(now, ctx, *client, replaced);
                 }
@@ -661,10 +681,10 @@ impl Host for NodeHost {
         let leave = self.cluster.as_ref().and_then(|c| match c {
             ClusterRole {
                 departed: false,
-                leave_after: Some(after),
+                departure: Some(d),
                 first_start: Some(start),
                 ..
-            } => Some(*start + *after),
+            } => Some(*start + d.after),
             _ => None,
         });
         [

@@ -203,7 +203,7 @@ impl StorageHost {
             StoreRequest::Members => StoreReply::Members(
                 self.nodes
                     .iter()
-                    .filter(|(_, at)| **at > now)
+                    .filter(|(_, at)| **at > now || active(PlantedBug::MembershipLeaseIgnored))
                     .map(|(n, _)| n.clone())
                     .collect(),
             ),
@@ -229,8 +229,8 @@ impl StorageHost {
                 let mut held = Vec::with_capacity(clients.len());
                 for client in clients {
                     let mine = self.live_route(client, now).is_none_or(|r| r.node == node);
-                    // The Lua script's check; the planted bug renews whoever holds the key.
-                    let renew = mine || active(PlantedBug::RouteRenewalIgnoresOwner);
+                    // The Lua script's check: only the holder renews.
+                    let renew = mine;
                     if renew {
                         self.stats.renewals_accepted += 1;
                         let expires_at = now + lease(lease_ms);
