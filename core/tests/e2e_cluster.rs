@@ -657,3 +657,35 @@ fn node_port_bytes_that_arrive_while_the_route_is_looked_up_are_read_later() {
     c.settle();
     assert_eq!(c.node_visitors[&(0, 1)].0, data, "echo through the bridge");
 }
+
+#[test]
+fn a_route_to_a_departed_node_is_read_again_not_refused_forever() {
+    let mut c = Cluster::new(3, "k", PoolConfig::default());
+    c.all_peers_up();
+    let listen = c.client_on(0, "listen");
+    let target = c.client_on(1, "target");
+    let id = c.client_port_mapping(0, listen, target);
+    c.visit(0, 1, &id, &Bytes::from_static(b"one"));
+    assert_eq!(c.visitors[&(0, 1)].received, b"one");
+    // Node 1 dies and its target fails over to node 2; node 0 hears that node 1 left, then a
+    // late broker message that still names node 1 as the target's node.
+    c.agents[1].1 = 2;
+    c.crash(1);
+    let now = c.now;
+    c.nodes[0].peer_down(now, &node_id(1));
+    c.nodes[0].set_route(now, target, Some(node_id(1)));
+    c.settle();
+    c.advance(Duration::from_secs(30));
+    c.publish_route(target, 2);
+    assert!(
+        c.nodes[2].session_of(target).is_some(),
+        "the target is on node 2"
+    );
+    c.visit(0, 2, &id, &Bytes::from_static(b"two"));
+    let view = &c.visitors[&(0, 2)];
+    assert_eq!(
+        view.open_failed, None,
+        "the dead node's route was read again"
+    );
+    assert_eq!(view.received, b"two");
+}

@@ -153,6 +153,11 @@ impl BridgePool {
             .map(|(id, _)| id)
     }
 
+    /// Whether `peer` is a member now.
+    pub fn is_member(&self, peer: &NodeId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.member)
+    }
+
     fn peer_mut(&mut self, peer: &NodeId) -> &mut Peer {
         if !self.peers.contains_key(peer) {
             let backoff = Backoff::new(self.config.redial.clone(), self.rng.fork());

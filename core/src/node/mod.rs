@@ -1362,6 +1362,17 @@ impl Node {
             && let Some(client) = target_client
             && self.config.cluster.is_some()
         {
+            // A route naming a node that is no longer a member (a late broker message, or a
+            // storage record not yet expired) can never be served: forget it and ask again
+            // rather than refuse every open for this client until something else replaces it.
+            if !request.route_asked
+                && self
+                    .routes
+                    .get(&client)
+                    .is_some_and(|peer| !self.pool.is_member(peer))
+            {
+                self.routes.remove(&client);
+            }
             match self.routes.get(&client) {
                 Some(peer) => {
                     let slots = &self.slots;
