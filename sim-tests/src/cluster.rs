@@ -94,7 +94,7 @@ pub struct ClusterScenario {
 }
 
 impl ClusterScenario {
-    /// Three nodes, a dozen clients: the bulk of the sweep.
+    /// Three or four nodes, sixteen clients: the bulk of the sweep.
     pub fn small(seed: u64) -> ClusterScenario {
         // Partitions and pauses end within a lease, less the dead-peer timeout: a session
         // outlives its client by at most that.
@@ -104,13 +104,13 @@ impl ClusterScenario {
         };
         ClusterScenario {
             seed,
-            nodes: 3,
-            clients: 10,
-            mappings: 8,
-            visitors: 3,
-            connections_per_visitor: 12,
+            nodes: 3 + (seed % 2) as u32,
+            clients: 16,
+            mappings: 10,
+            visitors: 4,
+            connections_per_visitor: 16,
             max_bytes: 24 * 1024,
-            chaos: Duration::from_secs(20),
+            chaos: Duration::from_secs(30),
             heal_deadline: Duration::from_secs(90),
             lease: Duration::from_secs(4),
             faults,
@@ -124,11 +124,11 @@ impl ClusterScenario {
         }
     }
 
-    /// The sweep's mix: mostly small, every eighth seed 5–8 nodes and 40 clients, every 64th
+    /// The sweep's mix: mostly small; every eighth seed 5–8 nodes and 60 clients; every 32nd
     /// 16 nodes and 200 clients.
     pub fn for_sweep(seed: u64) -> ClusterScenario {
         let small = ClusterScenario::small(seed);
-        if seed % 64 == 63 {
+        if seed % 32 == 31 {
             ClusterScenario {
                 nodes: 16,
                 clients: 200,
@@ -141,16 +141,13 @@ impl ClusterScenario {
         } else if seed % 8 == 7 {
             ClusterScenario {
                 nodes: 5 + (seed / 8 % 4) as u32,
-                clients: 40,
-                mappings: 16,
-                visitors: 4,
+                clients: 60,
+                mappings: 24,
+                visitors: 5,
                 ..small
             }
         } else {
-            ClusterScenario {
-                nodes: 3 + (seed % 2) as u32,
-                ..small
-            }
+            small
         }
     }
 }

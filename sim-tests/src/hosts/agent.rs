@@ -358,7 +358,14 @@ impl AgentHost {
                 ctx.count("agent_disconnected");
             }
             AgentOutput::Stopped { reason } => self.stopped = Some(reason),
-            AgentOutput::OpenFailed { .. } => self.tally.opens_failed += 1,
+            AgentOutput::OpenFailed {
+                local,
+                error,
+                message,
+            } => {
+                self.tally.opens_failed += 1;
+                ctx.note(|| format!("open for visitor {local} failed: {error:?} {message}"));
+            }
             AgentOutput::ControlResponse(response) => self.on_control_response(response, ctx),
         }
     }

@@ -457,7 +457,10 @@ impl NodeHost {
             Notice::PeerLinkUp { .. } => return ctx.count("peer_link_up"),
             Notice::HandshakeFailed { conn, reason } => (conn, reason),
             Notice::ClientOnline { .. } => return ctx.count("session_established"),
-            Notice::OpenRefused { .. } => return ctx.count("open_refused"),
+            Notice::OpenRefused { error, message } => {
+                ctx.note(|| format!("open refused: {error:?} {message}"));
+                return ctx.count("open_refused");
+            }
             Notice::TunnelClosed { .. } | Notice::Registered { .. } => return,
         };
         let kind = close_kind(&reason);

@@ -38,6 +38,8 @@ pub struct ProbeHost {
     attempts: Vec<u32>,
     done: Vec<bool>,
     retry_at: BTreeMap<usize, Instant>,
+    /// How each target's tries ended so far.
+    outcomes: Vec<Vec<&'static str>>,
     tries: BTreeMap<ConnId, Try>,
     violation: Option<String>,
 }
@@ -52,6 +54,7 @@ impl ProbeHost {
             attempts: vec![0; n],
             done: vec![false; n],
             retry_at: BTreeMap::new(),
+            outcomes: vec![Vec::new(); n],
             tries: BTreeMap::new(),
             violation: None,
         }
@@ -114,13 +117,18 @@ impl ProbeHost {
         );
     }
 
-    fn failed(&mut self, now: Instant, target: usize) {
+    fn failed(&mut self, now: Instant, target: usize, how: &'static str) {
+        self.outcomes[target].push(how);
         if self.attempts[target] >= self.attempts_max {
             if self.violation.is_none() {
                 let t = &self.targets[target];
                 self.violation = Some(format!(
-                    "after heal, mapping {} (entry {}:{}) failed {} tries in a row",
-                    t.name, t.host, t.port, self.attempts[target]
+                    "after heal, mapping {} (entry {}:{}) failed {} tries in a row ({})",
+                    t.name,
+                    t.host,
+                    t.port,
+                    self.attempts[target],
+                    self.outcomes[target].join(", ")
                 ));
             }
             return;
@@ -187,9 +195,14 @@ impl Host for ProbeHost {
                 }
             }
             HostEvent::Reset { conn } | HostEvent::ConnectFailed { conn, .. } => {
+                let how = if matches!(event, HostEvent::Reset { .. }) {
+                    "reset"
+                } else {
+                    "connect failed"
+                };
                 if let Some(t) = self.tries.remove(&conn) {
                     ctx.count("probe_retried");
-                    self.failed(now, t.target);
+                    self.failed(now, t.target, how);
                 }
             }
             HostEvent::Accepted { conn, .. } => {
