@@ -25,11 +25,13 @@ pub enum PlantedBug {
     /// The simulated storage lists a node as a member after its record's lease ran out (a node
     /// that died without leaving is never declared down).
     MembershipLeaseIgnored,
+    /// The broker inbox hands a duplicate message to the application again.
+    InboxDeliversDuplicates,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 8] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::DropWindowUpdate,
         PlantedBug::FinNotPropagated,
         PlantedBug::HeartbeatTimeoutOffByOne,
@@ -38,6 +40,7 @@ impl PlantedBug {
         PlantedBug::StaleRouteKeptOnTargetOffline,
         PlantedBug::PoolRedialsDepartedPeer,
         PlantedBug::MembershipLeaseIgnored,
+        PlantedBug::InboxDeliversDuplicates,
     ];
 
     /// The kebab-case name used on the command line.
@@ -51,6 +54,7 @@ impl PlantedBug {
             PlantedBug::StaleRouteKeptOnTargetOffline => "stale-route-kept-on-target-offline",
             PlantedBug::PoolRedialsDepartedPeer => "pool-redials-departed-peer",
             PlantedBug::MembershipLeaseIgnored => "membership-lease-ignored",
+            PlantedBug::InboxDeliversDuplicates => "inbox-delivers-duplicates",
         }
     }
 

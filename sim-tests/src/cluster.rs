@@ -241,6 +241,7 @@ struct CheckTally {
 /// The hosts of a built cluster scenario.
 struct Cast {
     storage: HostId,
+    broker: HostId,
     nodes: Vec<HostId>,
     node_ids: Vec<NodeId>,
     agents: Vec<HostId>,
@@ -516,6 +517,7 @@ fn build(config: &ClusterScenario) -> (World, Cast) {
     schedule_cluster_faults(&mut world, &mut rng, config, &nodes, storage, broker);
     let cast = Cast {
         storage,
+        broker,
         nodes,
         node_ids: (0..n).map(node_id).collect(),
         agents,
@@ -1029,7 +1031,7 @@ pub fn run(config: &ClusterScenario) -> Result<ClusterReport, Box<Failure>> {
             .map(|s| s.stats().clone())
             .unwrap_or_default(),
         broker: world
-            .host::<BrokerHost>(HostId(cast.storage.0 + 1))
+            .host::<BrokerHost>(cast.broker)
             .map(|b| b.stats().clone())
             .unwrap_or_default(),
         ownership_checks: tally.checks,

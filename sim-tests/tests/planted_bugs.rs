@@ -94,6 +94,11 @@ fn catches_pool_redialling_a_departed_peer() {
 }
 
 #[test]
+fn catches_inbox_delivering_duplicates() {
+    first_cluster_catch(PlantedBug::InboxDeliversDuplicates);
+}
+
+#[test]
 fn catches_membership_lease_ignored() {
     first_cluster_catch(PlantedBug::MembershipLeaseIgnored);
 }
