@@ -15,15 +15,32 @@ pub enum PlantedBug {
     HeartbeatTimeoutOffByOne,
     /// The encoder writes a DATA frame's length one byte short when the payload is over 1 KiB.
     FrameLengthOffByOne,
+    /// A node serves an open that came over a bridge link by forwarding it to yet another node
+    /// (it ignores `via_peer`).
+    ForwardedOpenServedOnward,
+    /// A node keeps a route after the peer it names answered `TargetOffline`.
+    StaleRouteKeptOnTargetOffline,
+    /// The bridge pool keeps a departed peer as a member and redials it.
+    PoolRedialsDepartedPeer,
+    /// The simulated storage lists a node as a member after its record's lease ran out (a node
+    /// that died without leaving is never declared down).
+    MembershipLeaseIgnored,
+    /// The broker inbox hands a duplicate message to the application again.
+    InboxDeliversDuplicates,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 9] = [
         PlantedBug::DropWindowUpdate,
         PlantedBug::FinNotPropagated,
         PlantedBug::HeartbeatTimeoutOffByOne,
         PlantedBug::FrameLengthOffByOne,
+        PlantedBug::ForwardedOpenServedOnward,
+        PlantedBug::StaleRouteKeptOnTargetOffline,
+        PlantedBug::PoolRedialsDepartedPeer,
+        PlantedBug::MembershipLeaseIgnored,
+        PlantedBug::InboxDeliversDuplicates,
     ];
 
     /// The kebab-case name used on the command line.
@@ -33,6 +50,11 @@ impl PlantedBug {
             PlantedBug::FinNotPropagated => "fin-not-propagated",
             PlantedBug::HeartbeatTimeoutOffByOne => "heartbeat-timeout-off-by-one",
             PlantedBug::FrameLengthOffByOne => "frame-length-off-by-one",
+            PlantedBug::ForwardedOpenServedOnward => "forwarded-open-served-onward",
+            PlantedBug::StaleRouteKeptOnTargetOffline => "stale-route-kept-on-target-offline",
+            PlantedBug::PoolRedialsDepartedPeer => "pool-redials-departed-peer",
+            PlantedBug::MembershipLeaseIgnored => "membership-lease-ignored",
+            PlantedBug::InboxDeliversDuplicates => "inbox-delivers-duplicates",
         }
     }
 

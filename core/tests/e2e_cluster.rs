@@ -58,6 +58,11 @@ struct Cluster {
     dials: u64,
     /// Crashed nodes: they run no more.
     dead: Vec<bool>,
+    /// Whether route lookups wait for `answer_lookups` instead of being answered at once.
+    hold_lookups: bool,
+    held_lookups: Vec<(usize, ClientId)>,
+    /// Node-port visitors: what each node wrote to them, and whether it asked to read again.
+    node_visitors: BTreeMap<(usize, LocalId), (Vec<u8>, bool)>,
 }
 
 fn node_id(i: usize) -> NodeId {
@@ -103,6 +108,9 @@ impl Cluster {
             peers_reachable: true,
             dials: 0,
             dead: vec![false; keys_len],
+            hold_lookups: false,
+            held_lookups: Vec::new(),
+            node_visitors: BTreeMap::new(),
         }
     }
 
@@ -330,6 +338,18 @@ impl Cluster {
                 self.nodes[n].connection_closed(now, conn);
             }
             NodeOutput::Persist(change) => self.persisted.push((n, change)),
+            NodeOutput::LookupRoute { client } if self.hold_lookups => {
+                self.held_lookups.push((n, client));
+            }
+            NodeOutput::Visitor(LocalOutput::Write { local, bytes }) => {
+                let len = bytes.len();
+                let view = self.node_visitors.entry((n, local)).or_default();
+                view.0.extend_from_slice(&bytes);
+                self.nodes[n].visitor_flushed(now, local, len);
+            }
+            NodeOutput::Visitor(LocalOutput::ResumeRead { local }) => {
+                self.node_visitors.entry((n, local)).or_default().1 = true;
+            }
             NodeOutput::LookupRoute { client } => {
                 self.lookups.push((n, client));
                 let node = self.route_store.get(&client).map(|home| node_id(*home));
@@ -429,6 +449,17 @@ impl Cluster {
         }
         self.peers_reachable = false;
         self.dead[n] = true;
+        self.settle();
+    }
+
+    /// Answers the lookups held back so far from the route store.
+    fn answer_lookups(&mut self) {
+        let now = self.now;
+        for (n, client) in std::mem::take(&mut self.held_lookups) {
+            self.lookups.push((n, client));
+            let node = self.route_store.get(&client).map(|home| node_id(*home));
+            self.nodes[n].set_route(now, client, node);
+        }
         self.settle();
     }
 
@@ -628,4 +659,85 @@ fn a_node_that_missed_a_change_catches_up_by_adopting_the_shared_state() {
     c.settle();
     c.visit(0, 2, &id, &Bytes::from_static(b"found"));
     assert_eq!(c.visitors[&(0, 2)].received, b"found");
+}
+
+#[test]
+fn node_port_bytes_that_arrive_while_the_route_is_looked_up_are_read_later() {
+    let mut c = Cluster::new(2, "k", PoolConfig::default());
+    c.all_peers_up();
+    let target = c.client_on(1, "target");
+    let mapping = Mapping {
+        id: MappingId::generate(&mut Rng::seed_from_u64(9)),
+        owner: None,
+        entry: Entry::NodePort {
+            port: 20_000,
+            bind: None,
+        },
+        target_client: target,
+        target: Target::Fixed {
+            host: "127.0.0.1".into(),
+            port: 7,
+        },
+        protocol: Protocol::Tcp,
+        options: MappingOptions::default(),
+        created_at: WALL,
+        expires_at: None,
+        status: MappingStatus::Active,
+    };
+    let now = c.now;
+    c.nodes[1].put_mapping(now, mapping).unwrap();
+    c.replicate(1);
+    // A visitor at node 0's port: node 0 must ask where the target is; its bytes come first.
+    c.hold_lookups = true;
+    c.nodes[0].visitor_accepted(now, 20_000, 1, None);
+    c.settle();
+    assert_eq!(c.held_lookups, vec![(0, target)]);
+    let data = Bytes::from_static(b"sent before the route was known");
+    assert_eq!(
+        c.nodes[0].visitor_data(now, 1, data.clone()),
+        0,
+        "nothing to send on yet"
+    );
+    c.answer_lookups();
+    let resumed = c.node_visitors.get(&(0, 1)).is_some_and(|v| v.1);
+    assert!(
+        resumed,
+        "the node must ask to read the paused visitor again"
+    );
+    let now = c.now;
+    assert_eq!(c.nodes[0].visitor_data(now, 1, data.clone()), data.len());
+    c.settle();
+    assert_eq!(c.node_visitors[&(0, 1)].0, data, "echo through the bridge");
+}
+
+#[test]
+fn a_route_to_a_departed_node_is_read_again_not_refused_forever() {
+    let mut c = Cluster::new(3, "k", PoolConfig::default());
+    c.all_peers_up();
+    let listen = c.client_on(0, "listen");
+    let target = c.client_on(1, "target");
+    let id = c.client_port_mapping(0, listen, target);
+    c.visit(0, 1, &id, &Bytes::from_static(b"one"));
+    assert_eq!(c.visitors[&(0, 1)].received, b"one");
+    // Node 1 dies and its target fails over to node 2; node 0 hears that node 1 left, then a
+    // late broker message that still names node 1 as the target's node.
+    c.agents[1].1 = 2;
+    c.crash(1);
+    let now = c.now;
+    c.nodes[0].peer_down(now, &node_id(1));
+    c.nodes[0].set_route(now, target, Some(node_id(1)));
+    c.settle();
+    c.advance(Duration::from_secs(30));
+    c.publish_route(target, 2);
+    assert!(
+        c.nodes[2].session_of(target).is_some(),
+        "the target is on node 2"
+    );
+    c.visit(0, 2, &id, &Bytes::from_static(b"two"));
+    let view = &c.visitors[&(0, 2)];
+    assert_eq!(
+        view.open_failed, None,
+        "the dead node's route was read again"
+    );
+    assert_eq!(view.received, b"two");
 }

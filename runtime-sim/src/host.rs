@@ -249,6 +249,13 @@ impl HostCtx<'_> {
         self.net.unsent_bytes(self.me, conn)
     }
 
+    /// Labels connection `conn`: when a partition, clog or hold on it heals while it has data in
+    /// flight, coverage counter `label` is bumped too (to tell, say, bridge links from client
+    /// sessions). False if `conn` is not this host's.
+    pub fn label_connection(&mut self, conn: ConnId, label: &'static str) -> bool {
+        self.net.label(self.me, conn, label)
+    }
+
     /// Half-close: the peer gets `Eof` after every byte already sent.
     pub fn shutdown_write(&mut self, conn: ConnId) -> Result<(), NetError> {
         self.net

@@ -129,6 +129,35 @@ fn partition_stalls_then_heals_with_data_in_flight() {
 }
 
 #[test]
+fn a_labelled_connection_healing_with_data_in_flight_bumps_its_label() {
+    for labelled in [true, false] {
+        let (mut world, server, clients) = echo_world(quiet_config(7), 1, 200_000, 1);
+        let c = clients[0];
+        if labelled && let Some(client) = world.host_mut::<EchoClient>(c) {
+            client.label = Some("echo_healed_with_data_in_flight");
+        }
+        world.schedule_fault(
+            secs(1),
+            FaultAction::Partition {
+                a: server,
+                b: c,
+                duration: Duration::from_secs(3),
+            },
+        );
+        world
+            .run_until_quiet(secs(60), |w| all_done(w, &clients))
+            .unwrap();
+        let stats = world.stats();
+        assert!(stats.coverage(PARTITION_HEALED_WITH_DATA_IN_FLIGHT) > 0);
+        assert_eq!(
+            stats.coverage("echo_healed_with_data_in_flight") > 0,
+            labelled,
+            "{stats}"
+        );
+    }
+}
+
+#[test]
 fn long_partition_resets_both_ends_then_client_recovers() {
     let mut config = quiet_config(8);
     config.net.stall_reset_after = Duration::from_secs(2);

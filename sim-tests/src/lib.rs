@@ -1,5 +1,6 @@
 //! Seeded simulations of tunnox: hosts that wrap the sans-IO node and client, workloads and
-//! services, and scenarios run by `tests/` and by `tunnox sim`.
+//! services, the cluster's storage and broker, and scenarios run by `tests/` and by `tunnox sim`.
 
+pub mod cluster;
 pub mod hosts;
 pub mod scenario;

@@ -241,7 +241,7 @@ struct Cast {
 }
 
 /// Applies the run's knobs to the configs of the core machines.
-fn tune(knobs: &Knobs, mux: &mut MuxConfig, heartbeat: &mut Heartbeat) {
+pub(crate) fn tune(knobs: &Knobs, mux: &mut MuxConfig, heartbeat: &mut Heartbeat) {
     if knobs.tiny_windows {
         mux.stream_window_bytes = 2 * 1024;
         mux.stream_window_max_bytes = 8 * 1024;

@@ -153,6 +153,11 @@ impl BridgePool {
             .map(|(id, _)| id)
     }
 
+    /// Whether `peer` is a member now.
+    pub fn is_member(&self, peer: &NodeId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.member)
+    }
+
     fn peer_mut(&mut self, peer: &NodeId) -> &mut Peer {
         if !self.peers.contains_key(peer) {
             let backoff = Backoff::new(self.config.redial.clone(), self.rng.fork());
@@ -183,7 +188,7 @@ impl BridgePool {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        p.member = false;
+        p.member = crate::planted::active(crate::planted::PlantedBug::PoolRedialsDepartedPeer);
         p.retry_at = None;
         for link in &p.links {
             if let Some(l) = self.links.get_mut(link)
@@ -290,7 +295,13 @@ impl BridgePool {
     fn top_up(&mut self, now: Instant, peer: &NodeId) {
         let min = self.config.links_min;
         let p = self.peer_mut(peer);
-        if !p.member || p.retry_at.is_some_and(|at| at > now) {
+        if !p.member {
+            // A departed peer is not redialled, and its redial timer (a dial that failed after
+            // it left) must not stay due forever.
+            p.retry_at = None;
+            return;
+        }
+        if p.retry_at.is_some_and(|at| at > now) {
             return;
         }
         p.retry_at = None;
@@ -459,6 +470,28 @@ mod tests {
         actions(&mut p);
         assert_eq!(p.pick(t0, &node("b"), |_| 9), Some(1));
         assert_eq!(actions(&mut p), vec![PoolAction::Dial { peer: node("b") }]);
+    }
+
+    #[test]
+    fn a_dial_failing_after_its_peer_departed_leaves_no_timer_behind() {
+        let mut p = pool(PoolConfig::default());
+        let t0 = Instant::ZERO;
+        p.peer_up(t0, &node("b"));
+        assert_eq!(actions(&mut p), vec![PoolAction::Dial { peer: node("b") }]);
+        // The peer leaves while the dial is under way; then the dial fails.
+        p.peer_down(&node("b"));
+        p.dial_failed(t0, &node("b"));
+        if let Some(at) = p.poll_timeout() {
+            p.handle_timeout(at, |_| 0);
+            assert!(
+                p.poll_timeout().is_none_or(|next| next > at),
+                "the pool asks again for the deadline that just fired"
+            );
+        }
+        assert!(
+            actions(&mut p).is_empty(),
+            "a departed peer is not redialled"
+        );
     }
 
     #[test]

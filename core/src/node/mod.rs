@@ -1347,6 +1347,9 @@ impl Node {
     /// A peer refused an open because the target client is not there: the route that sent the
     /// open there is stale.
     fn note_stale_route(&mut self, conn: ConnId, stream: StreamId) {
+        if crate::planted::active(crate::planted::PlantedBug::StaleRouteKeptOnTargetOffline) {
+            return;
+        }
         let Some(peer) = self.slots.get(&conn).and_then(|s| s.peer.clone()) else {
             return;
         };
@@ -1377,11 +1380,24 @@ impl Node {
         let target_client = mapping.map(|m| m.target_client);
         let mut target_session = target_client.and_then(|c| self.registry.live_session(c.0));
         // Not here: over a bridge link to the node that holds it (never onward from a peer).
+        let onward_allowed = !request.via_peer
+            || crate::planted::active(crate::planted::PlantedBug::ForwardedOpenServedOnward);
         if target_session.is_none()
-            && !request.via_peer
+            && onward_allowed
             && let Some(client) = target_client
             && self.config.cluster.is_some()
         {
+            // A route naming a node that is no longer a member (a late broker message, or a
+            // storage record not yet expired) can never be served: forget it and ask again
+            // rather than refuse every open for this client until something else replaces it.
+            if !request.route_asked
+                && self
+                    .routes
+                    .get(&client)
+                    .is_some_and(|peer| !self.pool.is_member(peer))
+            {
+                self.routes.remove(&client);
+            }
             match self.routes.get(&client) {
                 Some(peer) => {
                     let slots = &self.slots;
@@ -1434,6 +1450,11 @@ impl Node {
                             if let Some(visitor) = entry_local {
                                 slot.visitors.attach(visitor, stream);
                                 self.visitor_slot.insert(visitor, session);
+                                // Bytes the visitor sent while its open waited (for a route)
+                                // were refused: the runtime paused reading and must read again.
+                                self.outputs.push_back(NodeOutput::Visitor(
+                                    LocalOutput::ResumeRead { local: visitor },
+                                ));
                             }
                             self.tunnels.target_opened(tunnel, stream);
                             self.mark(session);
@@ -1664,6 +1685,26 @@ impl Node {
         self.tunnels.check_invariants()?;
         for (conn, slot) in &self.slots {
             self.check_slot(*conn, slot)?;
+        }
+        // An open that came over a bridge link is served by a local client, never sent onward
+        // over another link (that could loop between nodes).
+        for (conn, slot) in self.slots.iter().filter(|(_, s)| s.peer.is_some()) {
+            let Some(mux) = slot.session.mux_ref() else {
+                continue;
+            };
+            for stream in mux.stream_ids() {
+                let end = Endpoint::Stream {
+                    session: *conn,
+                    stream,
+                };
+                if let Some(Endpoint::Stream { session, .. }) = self.tunnels.peer(end)
+                    && self.slots.get(&session).is_some_and(|s| s.peer.is_some())
+                {
+                    return Err(format!(
+                        "a tunnel relays bridge link {conn} to bridge link {session}"
+                    ));
+                }
+            }
         }
         for (visitor, conn) in &self.visitor_slot {
             let held = self

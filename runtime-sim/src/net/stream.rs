@@ -106,6 +106,8 @@ pub(crate) struct Conn {
     port: Port,
     /// Deliveries held by a hold/release fault.
     pub(crate) held: bool,
+    /// Coverage counter bumped when a cut on this connection heals with data in flight.
+    label: Option<&'static str>,
 }
 
 fn end_id(key: u64, end: usize) -> ConnId {
@@ -141,6 +143,7 @@ impl Conn {
             pipes: [Pipe::default(), Pipe::default()],
             port,
             held: false,
+            label: None,
         }
     }
 
@@ -416,6 +419,18 @@ impl Network {
     pub(crate) fn unsent_bytes(&self, me: HostId, conn: ConnId) -> Option<u64> {
         let c = self.conns.get(&conn.key())?;
         (c.ends[conn.end()].host == me).then(|| c.pipes[conn.end()].data_bytes)
+    }
+
+    /// Names the coverage counter bumped (besides the world's own) when a cut on `me`'s
+    /// connection `conn` heals with data in flight; false if `conn` is not `me`'s.
+    pub(crate) fn label(&mut self, me: HostId, conn: ConnId, label: &'static str) -> bool {
+        match self.conns.get_mut(&conn.key()) {
+            Some(c) if c.ends[conn.end()].host == me => {
+                c.label = Some(label);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Half-closes `me`'s end: the peer gets `Eof` after every byte already sent.
@@ -951,6 +966,9 @@ impl Network {
             let pipe = &mut c.pipes[d];
             if pipe.data_bytes > 0 {
                 stats.count(coverage, 1);
+                if let Some(label) = c.label {
+                    stats.count(label, 1);
+                }
             }
             pipe.stalled_since = None;
             pipe.stall_gen = pipe.stall_gen.wrapping_add(1);

@@ -112,6 +112,8 @@ pub struct EchoClient {
     pub crashes: u32,
     pub restarts: u32,
     pub timers: u64,
+    /// Coverage label put on each connection it opens.
+    pub label: Option<&'static str>,
     pub data_events: u64,
     /// Most bytes ever sent on a connection but not yet delivered to the server.
     pub unsent_max: u64,
@@ -161,6 +163,7 @@ impl EchoClient {
             crashes: 0,
             restarts: 0,
             timers: 0,
+            label: None,
             data_events: 0,
             unsent_max: 0,
         }
@@ -222,6 +225,9 @@ impl Host for EchoClient {
                 }
             }
             HostEvent::Connected { conn } if Some(conn) == self.conn => {
+                if let Some(label) = self.label {
+                    assert!(ctx.label_connection(conn, label), "its own connection");
+                }
                 self.connected = true;
                 self.next_send = Some(now);
             }

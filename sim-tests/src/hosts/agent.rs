@@ -1,6 +1,6 @@
 //! A tunnox client as a simulated host: the sans-IO `Agent`, its saved credentials (durable),
-//! its session connection to the node, mapping listeners for visitors, and connections it dials
-//! to target services.
+//! its session connection to a node (one of several addresses, tried in the agent's order),
+//! mapping listeners for visitors, and connections it dials to target services.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -60,7 +60,10 @@ pub struct AgentTally {
 pub struct AgentHost {
     config: AgentConfig,
     rng: Rng,
-    node: HostId,
+    /// Node addresses, indexed by `AgentOutput::Connect::server`.
+    nodes: Vec<HostId>,
+    /// The node of the last established session.
+    last_node: Option<String>,
     /// Service host names the target side may dial.
     resolver: BTreeMap<String, HostId>,
     agent: Option<Agent>,
@@ -91,10 +94,21 @@ impl AgentHost {
         resolver: BTreeMap<String, HostId>,
         rng: Rng,
     ) -> AgentHost {
+        AgentHost::with_nodes(config, vec![node], resolver, rng)
+    }
+
+    /// An agent that knows several node addresses (`config.servers` should be `nodes.len()`).
+    pub fn with_nodes(
+        config: AgentConfig,
+        nodes: Vec<HostId>,
+        resolver: BTreeMap<String, HostId>,
+        rng: Rng,
+    ) -> AgentHost {
         AgentHost {
             config,
             rng,
-            node,
+            nodes,
+            last_node: None,
             resolver,
             agent: None,
             attempts: BTreeMap::new(),
@@ -274,8 +288,11 @@ impl AgentHost {
 
     fn on_output(&mut self, now: Instant, out: AgentOutput, ctx: &mut HostCtx<'_>) {
         match out {
-            AgentOutput::Connect { attempt, .. } => {
-                let conn = ctx.connect(self.node, CLIENT_PORT);
+            AgentOutput::Connect { attempt, server } => {
+                let Some(node) = self.nodes.get(server % self.nodes.len().max(1)) else {
+                    return;
+                };
+                let conn = ctx.connect(*node, CLIENT_PORT);
                 self.attempts.insert(conn, attempt);
                 self.attempt_conn.insert(attempt, conn);
             }
@@ -321,7 +338,11 @@ impl AgentHost {
                     key: AuthKey::derive(&secret),
                 };
             }
-            AgentOutput::Established { .. } => {
+            AgentOutput::Established { node_id, .. } => {
+                if self.last_node.as_ref().is_some_and(|n| *n != node_id) {
+                    ctx.count("client_failover");
+                }
+                self.last_node = Some(node_id);
                 self.tally.sessions += 1;
                 ctx.count("agent_session_established");
                 if self.tally.sessions > 1 {
@@ -337,7 +358,14 @@ impl AgentHost {
                 ctx.count("agent_disconnected");
             }
             AgentOutput::Stopped { reason } => self.stopped = Some(reason),
-            AgentOutput::OpenFailed { .. } => self.tally.opens_failed += 1,
+            AgentOutput::OpenFailed {
+                local,
+                error,
+                message,
+            } => {
+                self.tally.opens_failed += 1;
+                ctx.note(|| format!("open for visitor {local} failed: {error:?} {message}"));
+            }
             AgentOutput::ControlResponse(response) => self.on_control_response(response, ctx),
         }
     }
