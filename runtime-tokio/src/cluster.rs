@@ -353,7 +353,18 @@ pub struct Coordinator {
     owned: BTreeMap<ClientId, Ownership>,
     /// Routes of other nodes' clients, newest epoch kept.
     routes: RouteCache,
+    /// Changes made here and not yet in storage, oldest first (retried every tick).
+    unwritten: std::collections::VecDeque<StateChange>,
+    /// Ticks since the shared state was last read whole.
+    ticks_since_reread: u32,
 }
+
+/// Most changes kept for retry while storage is unreachable; past that the oldest are dropped
+/// (they stay in this node's memory and reach storage with the object's next change).
+const UNWRITTEN_MAX: usize = 10_000;
+
+/// The shared state is read whole every this many ticks, whatever the broker said.
+const REREAD_EVERY_TICKS: u32 = 8;
 
 impl Coordinator {
     /// A coordinator not yet attached to its node (the node's command channel exists only once
@@ -371,6 +382,8 @@ impl Coordinator {
             up: BTreeMap::new(),
             owned: BTreeMap::new(),
             routes: RouteCache::new(),
+            unwritten: std::collections::VecDeque::new(),
+            ticks_since_reread: 0,
         }
     }
 
@@ -430,13 +443,11 @@ impl Coordinator {
         let me = self.settings.node_id.clone();
         match event {
             ClusterEvent::Persisted(change) => {
-                let _ = self.store.write_change(&change).await;
-                if let Ok(payload) = serde_json::to_vec(&change) {
-                    let _ = self
-                        .broker
-                        .publish(Topic::ConfigUpdate, payload.into())
-                        .await;
+                if self.unwritten.len() >= UNWRITTEN_MAX {
+                    self.unwritten.pop_front();
                 }
+                self.unwritten.push_back(change);
+                self.write_changes().await;
             }
             ClusterEvent::ClientOnline(client) => {
                 // Unreachable storage: the session still serves; the next tick cannot renew
@@ -580,10 +591,38 @@ impl Coordinator {
         }
     }
 
+    /// Writes the changes made here to storage in order, publishing each once it is written
+    /// (other nodes must never learn a change storage lost); stops at the first failure.
+    async fn write_changes(&mut self) {
+        while let Some(change) = self.unwritten.front() {
+            if self.store.write_change(change).await.is_err() {
+                return;
+            }
+            if let Ok(payload) = serde_json::to_vec(change) {
+                let _ = self
+                    .broker
+                    .publish(Topic::ConfigUpdate, payload.into())
+                    .await;
+            }
+            self.unwritten.pop_front();
+        }
+    }
+
     async fn on_tick(&mut self) {
         let me = self.settings.node_id.clone();
         let _ = self.store.heartbeat(&self.settings).await;
+        self.write_changes().await;
         self.renew_routes().await;
+        self.ticks_since_reread += 1;
+        // A safety net beside gap detection: a message lost without a gap to show for it (the
+        // last one before a quiet spell) is caught up within a few seconds.
+        if self.ticks_since_reread >= REREAD_EVERY_TICKS && self.unwritten.is_empty() {
+            self.ticks_since_reread = 0;
+            if let Ok(state) = self.store.load_state().await {
+                self.tell_node(NodeCommand::AdoptState(Box::new(state)))
+                    .await;
+            }
+        }
         let Ok(mut members) = self.store.live_members().await else {
             // Storage unreachable: keep the current view until it answers again.
             return;

@@ -6,6 +6,7 @@
 
 mod services;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -330,5 +331,69 @@ async fn a_kick_issued_on_another_node_reaches_the_node_holding_the_client() {
             reason: GoAwayReason::Kicked
         })
     ));
+    remove_prefix(&url, &prefix).await;
+}
+
+#[tokio::test]
+async fn a_change_storage_did_not_take_is_retried_and_published_only_once_written() {
+    use tunnox_core::broker::Topic;
+    use tunnox_runtime_tokio::broker::BrokerEvent;
+    use tunnox_runtime_tokio::node::ClusterEvent;
+    let Some(url) = redis_url("cluster_retry") else {
+        return;
+    };
+    let prefix = unique_key_prefix("cluster_retry");
+    let redis_addr: SocketAddr = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let proxy = services::CutProxy::start(redis_addr).await;
+    // The coordinator reaches Redis through the proxy, with a short lease so it ticks often.
+    let cut_store = store(&format!("redis://{}", proxy.addr()), &prefix);
+    let direct = store(&url, &prefix);
+    let bus = MemoryBus::new(BrokerConfig::default());
+    let watcher = bus.broker(Origin {
+        node: node("n9"),
+        incarnation: 1,
+    });
+    let mut updates = watcher.subscribe(&[Topic::ConfigUpdate]).await.unwrap();
+    let (commands, _received) = mpsc::channel(64);
+    let c = Coordinator::new_detached(
+        settings("n1", Duration::from_millis(600)),
+        cut_store,
+        AnyBroker::Memory(bus.broker(Origin {
+            node: node("n1"),
+            incarnation: 1,
+        })),
+    )
+    .attach(commands);
+    let (events, events_rx) = mpsc::channel(16);
+    let (_stop, stopped) = tokio::sync::oneshot::channel();
+    tokio::spawn(c.run(events_rx, stopped));
+
+    proxy.cut();
+    events
+        .send(ClusterEvent::Persisted(a_user(1)))
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(1500), updates.recv()).await;
+    assert!(
+        early.is_err(),
+        "published although storage did not take it: {early:?}"
+    );
+    assert!(direct.load_state().await.unwrap().users.is_empty());
+
+    proxy.heal();
+    let published = tokio::time::timeout(PATIENCE, updates.recv())
+        .await
+        .expect("published once written")
+        .unwrap();
+    assert!(matches!(published, BrokerEvent::Message(e) if e.topic == Topic::ConfigUpdate));
+    assert_eq!(
+        direct.load_state().await.unwrap().users.len(),
+        1,
+        "written on retry"
+    );
     remove_prefix(&url, &prefix).await;
 }
