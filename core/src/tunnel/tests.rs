@@ -520,3 +520,93 @@ fn random_event_orders_keep_the_table_consistent() {
         }
     }
 }
+
+/// The open a peer node forwards: the entry was checked there, the target is served here.
+fn forwarded(m: &Mapping, target: Option<pb::TargetAddr>, stream: u32) -> OpenRequest {
+    OpenRequest {
+        entry: Endpoint::Stream { session: 9, stream },
+        from_client: None,
+        via_peer: true,
+        route_asked: false,
+        open: pb::StreamOpen {
+            mapping_id: m.id.as_str().into(),
+            target,
+            protocol: pb::Protocol::Tcp as i32,
+            visitor_addr: "192.0.2.7:40000".into(),
+        },
+    }
+}
+
+fn opened_target(table: &mut TunnelTable) -> pb::TargetAddr {
+    let Some(TunnelAction::OpenTarget { payload, .. }) = table.poll_action() else {
+        panic!("expected OpenTarget");
+    };
+    decode_open(payload).unwrap().target.unwrap()
+}
+
+#[test]
+fn forwarded_opens_serve_the_target_this_node_knows_for_every_entry_kind() {
+    let asked = pb::TargetAddr {
+        host: "db.internal".into(),
+        port: 5432,
+    };
+    // A fixed target: this node's copy of the mapping decides, whatever the open carries.
+    let fixed = tcp_mapping();
+    let mut table = TunnelTable::new(TunnelConfig::default());
+    table
+        .request_open(
+            Instant::ZERO,
+            forwarded(&fixed, Some(asked.clone()), 2),
+            ctx(&fixed),
+        )
+        .unwrap();
+    assert_eq!(opened_target(&mut table).host, "10.0.0.5");
+    // SOCKS5 (dynamic): the target the visitor asked for, checked again here.
+    let socks = mapping(
+        Entry::Socks5 {
+            listen_client: LISTEN,
+            listen_addr: "127.0.0.1:1080".into(),
+        },
+        Target::Dynamic,
+        Protocol::Socks5,
+    );
+    table
+        .request_open(
+            Instant::ZERO,
+            forwarded(&socks, Some(asked.clone()), 4),
+            ctx(&socks),
+        )
+        .unwrap();
+    assert_eq!(opened_target(&mut table), asked);
+    let bad = pb::TargetAddr {
+        host: "ok.example".into(),
+        port: 70_000,
+    };
+    let again = forwarded(&socks, Some(bad), 6);
+    assert_eq!(table.request_open(Instant::ZERO, again, ctx(&socks)), None);
+    assert_eq!(refusal(&mut table), Some(OpenError::NotAuthorized));
+    // Node ports and HTTP hosts are entries on the entry node; forwarded, they are served too.
+    for entry in [
+        Entry::NodePort {
+            port: 20_000,
+            bind: None,
+        },
+        Entry::HttpHost {
+            host: "app.example.com".into(),
+        },
+    ] {
+        let m = mapping(
+            entry,
+            Target::Fixed {
+                host: "10.0.0.9".into(),
+                port: 80,
+            },
+            Protocol::Tcp,
+        );
+        let mut table = TunnelTable::new(TunnelConfig::default());
+        table
+            .request_open(Instant::ZERO, forwarded(&m, None, 2), ctx(&m))
+            .unwrap();
+        assert_eq!(opened_target(&mut table).host, "10.0.0.9");
+    }
+}
