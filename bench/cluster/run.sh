@@ -30,7 +30,9 @@ head -c 32 /dev/urandom | base64 > "$WORK/token"
 "$PROBE" echo --listen 127.0.0.1:19900 > /dev/null 2>&1 & PIDS+=($!)
 iperf3 -s -p 19901 > /dev/null 2>&1 & PIDS+=($!)
 ulimit -n 65536 2>/dev/null || true
-declare -A NODE_PID
+declare -A NODE_PID AGENT_PID
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$1/stat"; }
 for i in 1 2 3; do
   cat > "$WORK/n$i.yaml" <<YAML
 node_id: n$i
@@ -55,11 +57,13 @@ tunnel() {
   for n in $nodes; do servers+=(--server "127.0.0.1:1980$n"); done
   "$TUNNOX" client --insecure-plaintext --credentials "$WORK/$name-t.json" \
     "${servers[@]}" tcp "$service" > "$WORK/$name-t.log" 2>&1 & PIDS+=($!)
+  AGENT_PID[$name-t]=$!
   for _ in $(seq 50); do grep -q 'connection code:' "$WORK/$name-t.log" && break; sleep 0.1; done
   local code; code=$(grep 'connection code:' "$WORK/$name-t.log" | awk '{print $NF}')
   for _ in $(seq 5); do
     "$TUNNOX" client --insecure-plaintext --credentials "$WORK/$name-e.json" \
       --server 127.0.0.1:19801 use "$code" --listen "127.0.0.1:$listen" > "$WORK/$name-e.log" 2>&1 & PIDS+=($!)
+    AGENT_PID[$name-e]=$!
     sleep 1
     grep -q 'ready: listening' "$WORK/$name-e.log" && return 0
   done
@@ -72,14 +76,21 @@ if has latency; then
   tunnel iperf-same 1 19901 19911
   tunnel echo-cross 2 19900 19920
   tunnel iperf-cross 2 19901 19921
-  echo "run,case,ping_p50_us,ping_p99_us,iperf_gbit_s"
+  # CPU per GB moved by iperf3, per process: the entry client, node 1, node 2, the target client.
+  echo "run,case,ping_p50_us,ping_p99_us,iperf_gbit_s,cpu_s_per_gb_entry,node1,node2,target"
   for run in $(seq "$RUNS"); do
     for case in same:19910:19911 cross:19920:19921; do
       IFS=: read -r name echo_port iperf_port <<< "$case"
       lat=$("$PROBE" ping-pong --to "127.0.0.1:$echo_port" --rounds "$ROUNDS")
-      gbit=$(iperf3 -c 127.0.0.1 -p "$iperf_port" -t "$SECONDS_PER_RUN" -J \
-        | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))')
-      echo "$run,$name,${lat// /,},$gbit"
+      procs=("${AGENT_PID[iperf-$name-e]}" "${NODE_PID[1]}" "${NODE_PID[2]}" "${AGENT_PID[iperf-$name-t]}")
+      before=(); for p in "${procs[@]}"; do before+=("$(cpu "$p")"); done
+      json=$(iperf3 -c 127.0.0.1 -p "$iperf_port" -t "$SECONDS_PER_RUN" -J)
+      gbit=$(python3 -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9, 2))' <<< "$json")
+      gb=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bytes"]/1e9)' <<< "$json")
+      per=(); for i in "${!procs[@]}"; do
+        per+=("$(python3 -c "print(round(($(cpu "${procs[$i]}") - ${before[$i]}) / $gb, 2))")")
+      done
+      echo "$run,$name,${lat// /,},$gbit,$(IFS=,; echo "${per[*]}")"
     done
   done
 fi

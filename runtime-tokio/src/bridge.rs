@@ -28,6 +28,11 @@ const LINK_BUFFER_BYTES: usize = 256 * 1024;
 const PACKET_BYTES: usize = 64 * 1024;
 /// Packets queued toward gRPC per link.
 const PACKETS_QUEUED: usize = 16;
+/// HTTP/2 windows of a link (its one gRPC stream and its connection). The mux inside already
+/// bounds what is in flight per tunnel stream and per link, so HTTP/2's own flow control must not
+/// be the tighter limit: its 64 KiB default halved cross-node throughput.
+const H2_STREAM_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+const H2_CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
 /// Who is at one end of a link: sent in the first packet each way.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,7 +295,9 @@ pub async fn serve_on(
         let accepted = listener.accept().await.map(|(conn, _)| conn);
         Some((accepted, listener))
     });
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES);
     if let Some(tls) = tls {
         server = server
             .tls_config(tls.server_config())
@@ -321,6 +328,8 @@ pub async fn dial(
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|_| BridgeError::Address(addr.to_owned()))?
         .connect_timeout(connect_timeout)
+        .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES)
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         let config = tonic::transport::ClientTlsConfig::new()
