@@ -177,24 +177,14 @@ impl Cluster {
 
     fn client_port_mapping(&mut self, on: usize, listen: ClientId, target: ClientId) -> MappingId {
         let id = MappingId::generate(&mut Rng::seed_from_u64(listen.0 ^ target.0));
-        let mapping = Mapping {
-            id: id.clone(),
-            owner: None,
-            entry: Entry::ClientPort {
+        let mapping = echo_mapping(
+            id.clone(),
+            Entry::ClientPort {
                 listen_client: listen,
                 listen_addr: "127.0.0.1:13306".into(),
             },
-            target_client: target,
-            target: Target::Fixed {
-                host: "127.0.0.1".into(),
-                port: 7,
-            },
-            protocol: Protocol::Tcp,
-            options: MappingOptions::default(),
-            created_at: WALL,
-            expires_at: None,
-            status: MappingStatus::Active,
-        };
+            target,
+        );
         let now = self.now;
         self.nodes[on].put_mapping(now, mapping).unwrap();
         self.replicate(on);
@@ -468,6 +458,25 @@ impl Cluster {
     }
 }
 
+/// An active TCP mapping to the echo target (127.0.0.1:7) at `target`'s side.
+fn echo_mapping(id: MappingId, entry: Entry, target: ClientId) -> Mapping {
+    Mapping {
+        id,
+        owner: None,
+        entry,
+        target_client: target,
+        target: Target::Fixed {
+            host: "127.0.0.1".into(),
+            port: 7,
+        },
+        protocol: Protocol::Tcp,
+        options: MappingOptions::default(),
+        created_at: WALL,
+        expires_at: None,
+        status: MappingStatus::Active,
+    }
+}
+
 fn random(seed: u64, len: usize) -> Bytes {
     let mut v = vec![0u8; len];
     Rng::seed_from_u64(seed).fill(&mut v);
@@ -617,24 +626,14 @@ fn a_node_that_missed_a_change_catches_up_by_adopting_the_shared_state() {
     let target = c.client_on(1, "target");
     // The mapping is made on node 0; the broker message to node 1 is lost.
     let id = MappingId::generate(&mut Rng::seed_from_u64(99));
-    let mapping = Mapping {
-        id: id.clone(),
-        owner: None,
-        entry: Entry::ClientPort {
+    let mapping = echo_mapping(
+        id.clone(),
+        Entry::ClientPort {
             listen_client: listen,
             listen_addr: "127.0.0.1:13306".into(),
         },
-        target_client: target,
-        target: Target::Fixed {
-            host: "127.0.0.1".into(),
-            port: 7,
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: WALL,
-        expires_at: None,
-        status: MappingStatus::Active,
-    };
+        target,
+    );
     let now = c.now;
     c.nodes[0].put_mapping(now, mapping).unwrap();
     c.settle();
@@ -666,24 +665,14 @@ fn node_port_bytes_that_arrive_while_the_route_is_looked_up_are_read_later() {
     let mut c = Cluster::new(2, "k", PoolConfig::default());
     c.all_peers_up();
     let target = c.client_on(1, "target");
-    let mapping = Mapping {
-        id: MappingId::generate(&mut Rng::seed_from_u64(9)),
-        owner: None,
-        entry: Entry::NodePort {
+    let mapping = echo_mapping(
+        MappingId::generate(&mut Rng::seed_from_u64(9)),
+        Entry::NodePort {
             port: 20_000,
             bind: None,
         },
-        target_client: target,
-        target: Target::Fixed {
-            host: "127.0.0.1".into(),
-            port: 7,
-        },
-        protocol: Protocol::Tcp,
-        options: MappingOptions::default(),
-        created_at: WALL,
-        expires_at: None,
-        status: MappingStatus::Active,
-    };
+        target,
+    );
     let now = c.now;
     c.nodes[1].put_mapping(now, mapping).unwrap();
     c.replicate(1);
