@@ -26,6 +26,8 @@ pub struct ServerFile {
     pub allow_registration: Option<bool>,
     /// Address node ports bind by default.
     pub node_port_bind: Option<String>,
+    /// Address of the HTTP endpoints (`/health`, `/ready`, `/version`, `/metrics`); off if unset.
+    pub api_listen: Option<String>,
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsFile,

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
@@ -14,10 +16,13 @@ use tunnox_core::control::NodeId;
 use tunnox_core::node::{ClusterConfig, ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::AuthKey;
+
+use tunnox_runtime_tokio::api::ApiState;
 use tunnox_runtime_tokio::bridge::{BridgeService, BridgeTls, LinkHello};
 use tunnox_runtime_tokio::broker::{AnyBroker, BrokerConfig, BrokerKind};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
 use tunnox_runtime_tokio::cluster::{ClusterSettings, ClusterStore, Coordinator};
+use tunnox_runtime_tokio::metrics::NodeMetrics;
 use tunnox_runtime_tokio::node::{NodeCommand, NodeDriver, spawn_node};
 use tunnox_runtime_tokio::storage::{EmbeddedStore, RedisConfig};
 use tunnox_runtime_tokio::tls::NodeIdentity;
@@ -49,6 +54,10 @@ pub struct ServerArgs {
     /// Address node ports bind by default [default: 0.0.0.0].
     #[arg(long, env = "TUNNOX_NODE_PORT_BIND")]
     node_port_bind: Option<String>,
+    /// Serve `/health`, `/ready`, `/version` and `/metrics` over HTTP on this address [default:
+    /// off].
+    #[arg(long, env = "TUNNOX_API_LISTEN")]
+    api_listen: Option<String>,
     /// Serve client sessions without TLS. Never on a network you do not control.
     #[arg(long, env = "TUNNOX_INSECURE_PLAINTEXT")]
     insecure_plaintext: bool,
@@ -279,6 +288,27 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("configured mapping {name}"))?;
     }
     let mut driver = NodeDriver::new(node, clock, store, &node_port_bind);
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = args.api_listen.or(file.api_listen.clone()) {
+        let api = TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen for the API on {addr}"))?;
+        let metrics = Arc::new(NodeMetrics::new());
+        driver = driver.with_metrics(metrics.clone());
+        println!(
+            "http endpoints (/health, /ready, /version, /metrics) on {}",
+            api.local_addr()?
+        );
+        let state = ApiState {
+            metrics,
+            ready: ready.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = tunnox_runtime_tokio::api::serve(api, state).await {
+                eprintln!("the http endpoints stopped: {e}");
+            }
+        });
+    }
     let mut coordinator = None;
     if let Some(cluster) = cluster {
         let (accepted_tx, accepted) = mpsc::channel(64);
@@ -331,6 +361,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (false, false) => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
     let (commands, task) = spawn_node(driver, listener);
+    ready.store(true, Ordering::Relaxed);
     let mut cluster_task = None;
     if let Some((coordinator, events)) = coordinator {
         let (stop, stopped) = oneshot::channel();
@@ -338,6 +369,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         cluster_task = Some((stop, handle));
     }
     shutdown_signal().await;
+    ready.store(false, Ordering::Relaxed);
     if let Some((stop, handle)) = cluster_task {
         // Leave the cluster first, so peers stop sending new streams here.
         let _ = stop.send(());

@@ -10,10 +10,12 @@
 //! out at once (TLS sessions always have one). [`tls`] holds node identities and client trust.
 
 pub mod agent;
+pub mod api;
 pub mod bridge;
 pub mod broker;
 pub mod clock;
 pub mod cluster;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod socket;

@@ -230,6 +230,8 @@ pub struct NodeDriver {
     secured: mpsc::Receiver<tokio_rustls::server::TlsStream<Conn>>,
     /// The network node ports and bridge dials use.
     net: Arc<dyn Net>,
+    /// Prometheus metrics, if served.
+    metrics: Option<Arc<crate::metrics::NodeMetrics>>,
     /// Frames gathered for one connection during a flush.
     outbox: Outbox,
     /// Bridge links and the cluster task, when the node is in a cluster.
@@ -252,6 +254,7 @@ impl NodeDriver {
             secured_tx,
             secured,
             net: Arc::new(TokioNet),
+            metrics: None,
             node,
             clock,
             store,
@@ -303,6 +306,12 @@ impl NodeDriver {
         self
     }
 
+    /// Counts what happens into `metrics` (and samples the node's gauges once a second).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::NodeMetrics>) -> NodeDriver {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Listens for node ports and dials peers on `net` instead of the machine's TCP.
     pub fn with_net(mut self, net: Arc<dyn Net>) -> NodeDriver {
         self.net = net;
@@ -323,6 +332,8 @@ impl NodeDriver {
     ) {
         self.flush();
         let mut draining: Option<(tunnox_core::time::Instant, oneshot::Sender<()>)> = None;
+        let mut sample = tokio::time::interval(std::time::Duration::from_secs(1));
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some((until, _)) = &draining
                 && (self.node.connection_count() == 0 || self.clock.now() >= *until)
@@ -385,6 +396,11 @@ impl NodeDriver {
                     self.node.visitor_accepted(self.clock.now(), port, id, Some(addr));
                 }
                 () = sleep_until(deadline) => self.node.handle_timeout(self.clock.now()),
+                _ = sample.tick(), if self.metrics.is_some() => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.sample(&self.node);
+                    }
+                }
             }
             self.flush();
         }
@@ -572,6 +588,9 @@ impl NodeDriver {
     }
 
     fn on_output(&mut self, output: NodeOutput) {
+        if let (Some(metrics), NodeOutput::Notice(notice)) = (&self.metrics, &output) {
+            metrics.observe(notice);
+        }
         match output {
             NodeOutput::CloseConnection { conn } => {
                 while let Some(t) = self.node.poll_transmit_for(conn) {
@@ -665,7 +684,12 @@ impl NodeDriver {
                     .add_stream(link.stream, Framing::Frames, Kind::Client);
                 self.node.peer_connected(now, id, peer);
             }
-            LinkArrival::Dialled(peer, None) => self.node.peer_dial_failed(now, &peer),
+            LinkArrival::Dialled(peer, None) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.bridge_dial(true);
+                }
+                self.node.peer_dial_failed(now, &peer);
+            }
         }
     }
 
@@ -680,6 +704,9 @@ impl NodeDriver {
             self.node.peer_dial_failed(now, &peer);
             return;
         };
+        if let Some(metrics) = &self.metrics {
+            metrics.bridge_dial(false);
+        }
         let hello = cluster.hello.clone();
         let tls = cluster.tls.clone();
         let net = self.net.clone();

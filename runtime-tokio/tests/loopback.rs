@@ -69,6 +69,11 @@ async fn start_agent(
 }
 
 async fn setup() -> Setup {
+    setup_with(None).await
+}
+
+/// [`setup`], counting into `metrics` if given.
+async fn setup_with(metrics: Option<Arc<tunnox_runtime_tokio::metrics::NodeMetrics>>) -> Setup {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_addr = listener.local_addr().unwrap();
     let clock = Clock::new();
@@ -79,7 +84,11 @@ async fn setup() -> Setup {
         ControlState::default(),
         Rng::seed_from_u64(1),
     );
-    let (node_tx, _task) = spawn_node(NodeDriver::new(node, clock, None, "127.0.0.1"), listener);
+    let mut driver = NodeDriver::new(node, clock, None, "127.0.0.1");
+    if let Some(metrics) = metrics {
+        driver = driver.with_metrics(metrics);
+    }
+    let (node_tx, _task) = spawn_node(driver, listener);
     let (a, secret_a) = create_client(&node_tx, "listen").await;
     let (b, secret_b) = create_client(&node_tx, "target").await;
     std::mem::forget(start_agent(node_addr, a, &secret_a, 2).await);
@@ -471,4 +480,86 @@ async fn many_stuck_visitors_do_not_stall_others_on_a_node_port() {
         .await
         .expect("every stuck visitor resumes");
     }
+}
+
+/// `GET path` on `addr` over HTTP/1.1: the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: tunnox\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the metric line starting with `name` (labels included), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ready_version_and_metrics_that_move_with_real_traffic() {
+    use std::sync::atomic::AtomicBool;
+    use tunnox_runtime_tokio::api::{ApiState, serve};
+    use tunnox_runtime_tokio::metrics::NodeMetrics;
+    let metrics = Arc::new(NodeMetrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let state = ApiState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    tokio::spawn(serve(api, state));
+
+    let (status, body) = http_get(api_addr, "/ready").await;
+    assert_eq!(status, 503, "not ready before the node serves: {body}");
+    let s = setup_with(Some(metrics.clone())).await;
+    ready.store(true, Ordering::Relaxed);
+    let (status, body) = http_get(api_addr, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(api_addr, "/health").await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["success"], true);
+    assert_eq!(health["code"], 0);
+    let (_, body) = http_get(api_addr, "/version").await;
+    assert!(body.contains(env!("CARGO_PKG_VERSION")), "{body}");
+
+    // Real traffic through a node port.
+    let port = free_port();
+    put_mapping(&s, Entry::NodePort { port, bind: None }, 7).await;
+    tokio::time::timeout(Duration::from_secs(60), many_connections(port, 10))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await; // the gauges' sampling interval
+
+    let (status, text) = http_get(api_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "tunnox_clients_online"), Some(2.0), "{text}");
+    assert_eq!(
+        metric(&text, "tunnox_sessions_established_total"),
+        Some(2.0)
+    );
+    let finished = metric(&text, "tunnox_tunnels_closed_total{reason=\"finished\"}");
+    assert_eq!(finished, Some(10.0), "{text}");
+    let to_target = metric(&text, "tunnox_tunnel_bytes_total{direction=\"to_target\"}").unwrap();
+    let to_entry = metric(&text, "tunnox_tunnel_bytes_total{direction=\"to_entry\"}").unwrap();
+    assert!(
+        to_target > 10_000.0 && to_target == to_entry,
+        "echoed bytes: {to_target} / {to_entry}"
+    );
+    assert_eq!(metric(&text, "tunnox_tunnels_active"), Some(0.0));
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
 }

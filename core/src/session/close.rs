@@ -53,6 +53,23 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// A short stable name, for counters and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::Refused { .. } => "refused",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::Wire(_) => "wire_error",
+            CloseReason::Mux(_) => "mux_error",
+            CloseReason::ProtocolViolation(_) => "protocol_violation",
+            CloseReason::BadNodeProof => "bad_node_proof",
+            CloseReason::PeerGoAway(_) => "peer_goaway",
+            CloseReason::Drained => "drained",
+            CloseReason::DrainTimeout => "drain_timeout",
+            CloseReason::Local => "local",
+        }
+    }
+
     /// Whether a client should stop instead of reconnecting after this (retrying cannot help or
     /// would fight another login).
     pub fn is_fatal_for_client(&self) -> bool {

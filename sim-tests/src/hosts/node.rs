@@ -559,19 +559,7 @@ fn concat(t: &Transmit) -> Bytes {
 
 /// A short name for a close reason, for counters.
 pub fn close_kind(reason: &CloseReason) -> &'static str {
-    match reason {
-        CloseReason::Refused { .. } => "refused",
-        CloseReason::HandshakeTimeout => "handshake_timeout",
-        CloseReason::HeartbeatTimeout => "heartbeat_timeout",
-        CloseReason::Wire(_) => "wire_error",
-        CloseReason::Mux(_) => "mux_error",
-        CloseReason::ProtocolViolation(_) => "protocol_violation",
-        CloseReason::BadNodeProof => "bad_node_proof",
-        CloseReason::PeerGoAway(_) => "peer_goaway",
-        CloseReason::Drained => "drained",
-        CloseReason::DrainTimeout => "drain_timeout",
-        CloseReason::Local => "local",
-    }
+    reason.kind()
 }
 
 impl Host for NodeHost {
