@@ -33,6 +33,9 @@ pub struct ServerFile {
     pub tls: TlsFile,
     /// Cluster settings: absent for a node on its own.
     pub cluster: Option<ClusterFile>,
+    /// Handshake rate limit and failed-login lockout.
+    #[serde(default)]
+    pub guard: GuardFile,
     /// Mappings to serve: created or updated at every start (removing one from the file does
     /// not delete it; the management API will).
     #[serde(default)]
@@ -47,6 +50,38 @@ pub enum StorageKind {
     Embedded,
     /// Memory only.
     Memory,
+}
+
+/// `guard:` settings; each absent key keeps its default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardFile {
+    /// New connections one address may open at once [64].
+    pub handshake_burst: Option<u32>,
+    /// New connections one address gains per second [16].
+    pub handshakes_per_sec: Option<u32>,
+    /// Failed logins of one client from one address before it is locked out there [5].
+    pub failed_logins_max: Option<u32>,
+    /// How long such a lockout lasts, in seconds [300].
+    pub lockout_secs: Option<u64>,
+}
+
+impl GuardFile {
+    /// The node's guard settings with these overrides.
+    pub fn apply(&self, guard: &mut tunnox_core::node::GuardConfig) {
+        if let Some(v) = self.handshake_burst {
+            guard.handshake_burst = v.max(1);
+        }
+        if let Some(v) = self.handshakes_per_sec {
+            guard.handshakes_per_sec = v.max(1);
+        }
+        if let Some(v) = self.failed_logins_max {
+            guard.failed_proofs_max = v.max(1);
+        }
+        if let Some(v) = self.lockout_secs {
+            guard.lockout = std::time::Duration::from_secs(v);
+        }
+    }
 }
 
 /// `cluster:` settings (docs/cluster.md).
@@ -305,5 +340,20 @@ mappings:
             err.contains("tls.cert_file") && err.contains("k.pem"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn guard_keys_override_the_defaults_and_unknown_ones_are_errors() {
+        let file = ServerFile::parse("guard: { handshake_burst: 3, lockout_secs: 10 }\n").unwrap();
+        let mut guard = tunnox_core::node::GuardConfig::default();
+        let defaults = guard.clone();
+        file.guard.apply(&mut guard);
+        assert_eq!(guard.handshake_burst, 3);
+        assert_eq!(guard.lockout, std::time::Duration::from_secs(10));
+        assert_eq!(guard.handshakes_per_sec, defaults.handshakes_per_sec);
+        let err = ServerFile::parse("guard: { burst: 3 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("burst"), "{err}");
     }
 }

@@ -274,6 +274,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let mut config = NodeConfig::new(node_id.clone());
     config.allow_registration = allow_registration;
+    file.guard.apply(&mut config.guard);
     if let Some(cluster) = &cluster {
         config.cluster = Some(ClusterConfig {
             key: cluster.key.clone(),

@@ -226,8 +226,8 @@ pub struct NodeDriver {
     default_bind: String,
     /// TLS for client sessions (None = plain TCP, for tests and loopback only).
     tls: Option<ServerTls>,
-    secured_tx: mpsc::Sender<tokio_rustls::server::TlsStream<Conn>>,
-    secured: mpsc::Receiver<tokio_rustls::server::TlsStream<Conn>>,
+    secured_tx: mpsc::Sender<(tokio_rustls::server::TlsStream<Conn>, SocketAddr)>,
+    secured: mpsc::Receiver<(tokio_rustls::server::TlsStream<Conn>, SocketAddr)>,
     /// The network node ports and bridge dials use.
     net: Arc<dyn Net>,
     /// Prometheus metrics, if served.
@@ -360,11 +360,15 @@ impl NodeDriver {
                 },
                 Some(event) = self.events.recv() => self.on_socket_event(event),
                 accepted = listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
+                    // Too many new connections from one address: dropped before any work (TLS).
+                    let accepted = accepted.ok().filter(|(_, addr)| {
+                        self.node.admit_address(self.clock.now(), addr.ip()).is_ok()
+                    });
+                    if let Some((stream, addr)) = accepted {
                         match self.tls.clone() {
                             None => {
                                 let id = self.sockets.add_conn(stream, Framing::Frames, Kind::Client);
-                                self.node.accept_connection(self.clock.now(), id);
+                                self.node.accept_connection_from(self.clock.now(), id, Some(addr.ip()));
                             }
                             // The handshake runs in its own task: the accept loop never waits on
                             // a client.
@@ -376,16 +380,16 @@ impl NodeDriver {
                                     }
                                     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                                     if let Ok(Ok(tls)) = handshake.await {
-                                        let _ = secured.send(tls).await;
+                                        let _ = secured.send((tls, addr)).await;
                                     }
                                 });
                             }
                         }
                     }
                 }
-                Some(tls) = self.secured.recv() => {
+                Some((tls, addr)) = self.secured.recv() => {
                     let id = self.sockets.add_stream(tls, Framing::Frames, Kind::Client);
-                    self.node.accept_connection(self.clock.now(), id);
+                    self.node.accept_connection_from(self.clock.now(), id, Some(addr.ip()));
                 }
                 Some(arrival) = recv_some(self.cluster.as_mut().map(|c| &mut c.arrivals)) => {
                     self.on_link(arrival);

@@ -7,6 +7,7 @@
 //! bytes to write with `poll_transmit` and everything else with `poll_output`.
 
 mod control_plane;
+mod guard;
 mod link;
 mod state;
 
@@ -15,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use tunnox_proto::wire as pb;
 
+pub use guard::{GuardConfig, GuardStats, HandshakeGuard};
 pub use state::{ControlState, StateChange};
 
 use crate::cluster::{BridgePool, PoolAction, PoolConfig};
@@ -29,7 +31,7 @@ use crate::session::{
     ClientIdentity, ClientSession, ClientSessionConfig, CloseReason, NodeEvent, NodeSession,
     NodeSessionConfig, RefuseReason, SessionRegistry,
 };
-use crate::time::Instant;
+use crate::time::{Duration, Instant};
 use crate::tunnel::{
     Endpoint, OpenContext, OpenError, OpenRequest, TunnelAction, TunnelConfig, TunnelOutcome,
     TunnelTable, decode_open, decode_result, encode_result,
@@ -53,6 +55,8 @@ pub struct NodeConfig {
     pub visitor_unflushed_bytes_max: usize,
     /// Cluster membership: `None` for a node on its own (peer nodes are refused).
     pub cluster: Option<ClusterConfig>,
+    /// Per-address handshake rate limit and failed-login lockout.
+    pub guard: GuardConfig,
 }
 
 /// How a node takes part in a cluster.
@@ -73,6 +77,7 @@ impl NodeConfig {
             allow_registration: true,
             visitor_unflushed_bytes_max: 256 * 1024,
             cluster: None,
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -213,6 +218,10 @@ struct Slot {
     peer: Option<NodeId>,
     /// The peer this node dialled, for a dialled link.
     dialled: Option<NodeId>,
+    /// The address the connection came from, if the runtime knows it.
+    addr: Option<core::net::IpAddr>,
+    /// The client id a handshake asked to log in as.
+    attempted: Option<ClientId>,
 }
 
 /// A node (see the module docs).
@@ -238,6 +247,8 @@ pub struct Node {
     routes: BTreeMap<ClientId, NodeId>,
     /// Opens waiting for the route of their target client, with their deadline.
     awaiting_route: BTreeMap<ClientId, Vec<(Instant, OpenRequest)>>,
+    /// Handshake rate limits and lockouts.
+    guard: HandshakeGuard,
     /// Connections that may have bytes to send.
     dirty: BTreeSet<ConnId>,
     /// Connections changed since the last `check_touched` (interior mutability: checking
@@ -273,6 +284,7 @@ impl Node {
             pool: BridgePool::new(pool_config, rng.fork()),
             routes: BTreeMap::new(),
             awaiting_route: BTreeMap::new(),
+            guard: HandshakeGuard::new(config.guard.clone()),
             tunnels: TunnelTable::new(config.tunnel.clone()),
             config,
             rng,
@@ -343,10 +355,36 @@ impl Node {
 
     // ----- client connections -----
 
-    /// A client connected.
+    /// A client connected (from an address the runtime does not know: no rate limit applies).
     pub fn accept_connection(&mut self, now: Instant, conn: ConnId) {
+        self.accept_connection_from(now, conn, None);
+    }
+
+    /// Whether a new connection from `addr` may be served: more new connections from one address
+    /// than the guard allows are refused with when to retry. The runtime asks before anything
+    /// costly (the TLS handshake) and drops a refused connection at once.
+    pub fn admit_address(&mut self, now: Instant, addr: core::net::IpAddr) -> Result<(), Duration> {
+        self.guard.admit(now, addr)
+    }
+
+    /// A client connected from `addr` (admitted by [`Node::admit_address`]): failed logins from
+    /// there count toward a lockout of that client from that address.
+    pub fn accept_connection_from(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: Option<core::net::IpAddr>,
+    ) {
         let session = NodeSession::new(now, self.config.session.clone(), conn, &mut self.rng);
         self.add_slot(now, conn, Link::Accepted(session), None);
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            slot.addr = addr;
+        }
+    }
+
+    /// The handshake guard (for metrics).
+    pub fn guard(&self) -> &HandshakeGuard {
+        &self.guard
     }
 
     /// The session a client (or peer) opened to this node on `conn`.
@@ -363,6 +401,8 @@ impl Node {
                 client: None,
                 peer: None,
                 dialled,
+                addr: None,
+                attempted: None,
             },
         );
         self.after_session_input(now, conn);
@@ -1019,6 +1059,9 @@ impl Node {
                 let client = ClientId(client_id);
                 if let Some(slot) = self.slots.get_mut(&conn) {
                     slot.client = Some(client);
+                    if let Some(addr) = slot.addr {
+                        self.guard.proof_succeeded(client, addr);
+                    }
                 }
                 if let Some(old) = self.registry.register(client_id, conn)
                     && let Some(old_slot) = self.slots.get_mut(&old)
@@ -1044,6 +1087,22 @@ impl Node {
     }
 
     fn provide_credentials(&mut self, now: Instant, conn: ConnId, client: ClientId) {
+        let addr = self.slots.get_mut(&conn).and_then(|slot| {
+            slot.attempted = Some(client);
+            slot.addr
+        });
+        if let Some(addr) = addr
+            && let Err(retry) = self.guard.may_log_in(now, client, addr)
+        {
+            if let Some(session) = self.accepted(conn) {
+                session.refuse(
+                    RefuseReason::RateLimited,
+                    "too many failed logins from this address",
+                    Some(retry),
+                );
+            }
+            return;
+        }
         let record = self.state.clients.get(&client);
         let Some(slot) = self.slots.get_mut(&conn).and_then(|s| s.session.accepted()) else {
             return;
@@ -1121,6 +1180,14 @@ impl Node {
     }
 
     fn on_session_closed(&mut self, conn: ConnId, reason: CloseReason) {
+        if let (Some(client), Some(addr), CloseReason::Refused { reason: why, .. }) = (
+            self.slots.get(&conn).and_then(|s| s.attempted),
+            self.slots.get(&conn).and_then(|s| s.addr),
+            &reason,
+        ) && *why == RefuseReason::BadCredentials
+        {
+            self.guard.proof_failed(self.last_now, client, addr);
+        }
         let (client, peer, dialled) = self
             .slots
             .get(&conn)
