@@ -82,6 +82,39 @@ pub fn os_seed() -> anyhow::Result<[u8; 32]> {
     Ok(seed)
 }
 
+/// The digest of the admin API key: from `TUNNOX_API_KEY`, or the one generated on the first
+/// start (only its SHA-256 is kept, in `DATA_DIR/api-key.sha256`; the key is printed once).
+fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    use tunnox_runtime_tokio::api::key_digest;
+    if let Ok(key) = std::env::var("TUNNOX_API_KEY") {
+        anyhow::ensure!(
+            key.len() >= 16,
+            "TUNNOX_API_KEY must be at least 16 characters"
+        );
+        return Ok(key_digest(&key));
+    }
+    let path = data_dir.join("api-key.sha256");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        let bytes: Vec<u8> = (0..hex.trim().len())
+            .step_by(2)
+            .filter_map(|i| u8::from_str_radix(hex.trim().get(i..i + 2)?, 16).ok())
+            .collect();
+        return <[u8; 32]>::try_from(bytes)
+            .map_err(|_| anyhow::anyhow!("{} is not a SHA-256 digest", path.display()));
+    }
+    let key: String = os_seed()?.iter().map(|b| format!("{b:02x}")).collect();
+    let digest = key_digest(&key);
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "admin API key (shown once, only its hash is kept in {}): {key}",
+        path.display()
+    );
+    Ok(digest)
+}
+
 /// The shortest cluster token accepted.
 const CLUSTER_TOKEN_MIN_CHARS: usize = 16;
 
@@ -290,25 +323,26 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     let mut driver = NodeDriver::new(node, clock, store, &node_port_bind);
     let ready = Arc::new(AtomicBool::new(false));
+    // The API is served once the node runs (its routes talk to the node).
+    let mut api = None;
     if let Some(addr) = args.api_listen.or(file.api_listen.clone()) {
-        let api = TcpListener::bind(&addr)
+        let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen for the API on {addr}"))?;
         let metrics = Arc::new(NodeMetrics::new());
         driver = driver.with_metrics(metrics.clone());
         println!(
-            "http endpoints (/health, /ready, /version, /metrics) on {}",
-            api.local_addr()?
+            "http endpoints (/health, /ready, /version, /metrics, /api/v1) on {}",
+            listener.local_addr()?
         );
+        let admin_key_sha256 = Some(admin_key(&data_dir)?);
         let state = ApiState {
             metrics,
             ready: ready.clone(),
+            node: None,
+            admin_key_sha256,
         };
-        tokio::spawn(async move {
-            if let Err(e) = tunnox_runtime_tokio::api::serve(api, state).await {
-                eprintln!("the http endpoints stopped: {e}");
-            }
-        });
+        api = Some((listener, state));
     }
     let mut coordinator = None;
     if let Some(cluster) = cluster {
@@ -362,6 +396,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (false, false) => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
     let (commands, task) = spawn_node(driver, listener);
+    if let Some((listener, mut state)) = api {
+        state.node = Some(commands.clone());
+        tokio::spawn(async move {
+            if let Err(e) = tunnox_runtime_tokio::api::serve(listener, state).await {
+                eprintln!("the http endpoints stopped: {e}");
+            }
+        });
+    }
     ready.store(true, Ordering::Relaxed);
     let mut cluster_task = None;
     if let Some((coordinator, events)) = coordinator {

@@ -323,6 +323,37 @@ fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One HTTP/1.1 request to `addr`: the status and the body.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let body = body.unwrap_or("");
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 /// `GET path` on `addr`: the whole response.
 fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -339,6 +370,7 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[test]
 fn the_server_serves_health_and_metrics_when_asked() {
+    let dir = fresh_dir("tunnox-cli-health");
     let api = format!("127.0.0.1:{}", free_port());
     let listen = format!("127.0.0.1:{}", free_port());
     let server = Proc::spawn(&[
@@ -347,6 +379,8 @@ fn the_server_serves_health_and_metrics_when_asked() {
         &listen,
         "--insecure-plaintext",
         "--memory-storage",
+        "--data-dir",
+        dir.to_str().unwrap(),
         "--api-listen",
         &api,
     ]);
@@ -363,4 +397,97 @@ fn the_server_serves_health_and_metrics_when_asked() {
         "{metrics}"
     );
     assert!(metrics.contains("tunnox_tunnels_active 0"), "{metrics}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_api_needs_its_key_validates_bodies_and_manages_mappings() {
+    let dir = fresh_dir("tunnox-cli-api");
+    let api = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "server",
+        "--listen",
+        &listen,
+        "--insecure-plaintext",
+        "--memory-storage",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--api-listen",
+        &api,
+    ];
+    // First start: a key is generated, printed once, and only its hash kept.
+    let mut server = Proc::spawn(&args);
+    let line = server.wait_for("admin API key");
+    let key = line.rsplit(' ').next().unwrap().to_owned();
+    server.wait_for("listening on");
+    let kept = std::fs::read_to_string(dir.join("api-key.sha256")).unwrap();
+    assert!(
+        !kept.contains(&key) && kept.len() == 64,
+        "only the hash is kept"
+    );
+
+    let key = Some(key.as_str());
+    assert_eq!(
+        http(&api, "GET", "/api/v1/mappings", None, None).0,
+        401,
+        "no key"
+    );
+    assert_eq!(
+        http(&api, "GET", "/api/v1/mappings", Some("wrong key"), None).0,
+        401
+    );
+    let (status, body) = http(&api, "GET", "/api/v1/mappings", key, None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"data\":[]"), "{body}");
+
+    // Bodies that are not JSON, or not a mapping, or an invalid one: 400, never 500.
+    for bad in ["{", "[]", "{\"entry\": 1}", "{\"unknown\": true}"] {
+        let (status, body) = http(&api, "POST", "/api/v1/mappings", key, Some(bad));
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("\"success\":false"), "{body}");
+    }
+    let invalid = r#"{"entry":{"kind":"node_port","port":0},"target_client":123456789012,
+        "target":{"kind":"fixed","host":"127.0.0.1","port":7}}"#;
+    let (status, body) = http(&api, "POST", "/api/v1/mappings", key, Some(invalid));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("\"field\":\"entry.port\""),
+        "the offending field is named: {body}"
+    );
+
+    let port = free_port();
+    let good = format!(
+        r#"{{"entry":{{"kind":"node_port","port":{port}}},"target_client":123456789012,
+        "target":{{"kind":"fixed","host":"127.0.0.1","port":7}}}}"#
+    );
+    let (status, body) = http(&api, "POST", "/api/v1/mappings", key, Some(&good));
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = http(&api, "GET", &format!("/api/v1/mappings/{id}"), key, None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = http(&api, "POST", "/api/v1/mappings", key, Some(&good));
+    assert_eq!(status, 409, "the same node port twice conflicts");
+    assert_eq!(
+        http(&api, "DELETE", &format!("/api/v1/mappings/{id}"), key, None).0,
+        200
+    );
+    assert_eq!(
+        http(&api, "GET", &format!("/api/v1/mappings/{id}"), key, None).0,
+        404
+    );
+    assert_eq!(
+        http(&api, "GET", "/api/v1/mappings/not%20an%20id", key, None).0,
+        400
+    );
+    let (status, body) = http(&api, "GET", "/api/v1/clients", key, None);
+    assert_eq!(status, 200, "{body}");
+
+    // A restart keeps the key and does not print it again.
+    server.terminate();
+    let again = Proc::spawn(&args);
+    assert!(!again.sees("admin API key", Duration::from_secs(2)));
+    let _ = std::fs::remove_dir_all(&dir);
 }

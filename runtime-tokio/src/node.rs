@@ -59,6 +59,11 @@ pub enum NodeCommand {
         /// The answer.
         reply: oneshot::Sender<bool>,
     },
+    /// A copy of the control state (users, clients, mappings, codes), for reads.
+    Snapshot {
+        /// The answer.
+        reply: oneshot::Sender<Box<tunnox_core::node::ControlState>>,
+    },
     /// Drain: GOAWAY to every client, then stop once all have gone or `within` has passed.
     Drain {
         /// The longest the drain may take.
@@ -445,6 +450,9 @@ impl NodeDriver {
             }
             NodeCommand::SetRoute { client, node } => self.node.set_route(now, client, node),
             NodeCommand::ApplyRemote(change) => self.node.apply_remote_change(now, *change),
+            NodeCommand::Snapshot { reply } => {
+                let _ = reply.send(Box::new(self.node.state().clone()));
+            }
             NodeCommand::Kick { client, reply } => {
                 let here = self.node.kick_client(now, client);
                 if !here {

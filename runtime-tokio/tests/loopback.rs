@@ -517,6 +517,8 @@ async fn health_ready_version_and_metrics_that_move_with_real_traffic() {
     let state = ApiState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        node: None,
+        admin_key_sha256: None,
     };
     tokio::spawn(serve(api, state));
 
