@@ -3,8 +3,12 @@
 //! [`node::NodeDriver`] runs a `Node` over TCP (client connections, node-port visitors),
 //! [`agent::AgentDriver`] runs an `Agent` (its node connection, listeners, target dials);
 //! [`storage`] keeps a node's control state across restarts and holds the key/value `Storage`
-//! backends (memory, Redis, and a Redis cache in front of either); [`broker`] carries pub/sub
-//! between the nodes of a cluster (memory, Redis, NATS). Each driver is one task owning its
+//! backends (memory, Redis, embedded, remote over gRPC, and a Redis cache in front of any);
+//! [`broker`] carries pub/sub between the nodes of a cluster (memory, Redis, NATS); [`bridge`]
+//! carries bridge links between nodes over tonic, and [`cluster`] keeps membership, routes and the
+//! shared state in Redis; [`net`] is where the drivers get their connections (the machine's TCP,
+//! or a simulated network); [`api`] serves health, metrics ([`metrics`]) and the management API
+//! over HTTP. Each driver is one task owning its
 //! state machine; every socket is a reader task (pausable, so back-pressure stops reading), and
 //! the driver writes plain TCP sockets directly, starting a writer task only for what cannot go
 //! out at once (TLS sessions always have one). [`tls`] holds node identities and client trust.
