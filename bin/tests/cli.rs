@@ -485,6 +485,42 @@ fn the_api_needs_its_key_validates_bodies_and_manages_mappings() {
     let (status, body) = http(&api, "GET", "/api/v1/clients", key, None);
     assert_eq!(status, 200, "{body}");
 
+    // The OpenAPI document lists every route, and every operation it lists is served.
+    let (status, body) = http(&api, "GET", "/api/v1/openapi.json", None, None);
+    assert_eq!(status, 200, "{body}");
+    let document: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        document["components"]["securitySchemes"]["api_key"]["scheme"],
+        "bearer"
+    );
+    let paths = document["paths"].as_object().unwrap();
+    let mut listed: Vec<&str> = paths.keys().map(String::as_str).collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            "/api/v1/clients",
+            "/api/v1/mappings",
+            "/api/v1/mappings/{id}",
+            "/health",
+            "/metrics",
+            "/ready",
+            "/version"
+        ]
+    );
+    for (path, operations) in paths {
+        for method in operations.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "m-0000000000000");
+            let body = (method == "post").then_some("{}");
+            let (status, answer) = http(&api, &method.to_uppercase(), &concrete, key, body);
+            let routed = status != 405 && (status != 404 || answer.contains("\"success\":false"));
+            assert!(
+                routed,
+                "{method} {path} is in the document but not served: {status}"
+            );
+        }
+    }
+
     // A restart keeps the key and does not print it again.
     server.terminate();
     let again = Proc::spawn(&args);

@@ -67,10 +67,17 @@ fn ok<T: serde::Serialize>(data: T) -> Json<Envelope<T>> {
     })
 }
 
+/// Whether the process runs.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "the process runs")))]
 async fn health() -> impl IntoResponse {
     ok(serde_json::json!({ "status": "ok" }))
 }
 
+/// Whether the node serves clients.
+#[utoipa::path(get, path = "/ready", responses(
+    (status = 200, description = "the node serves clients"),
+    (status = 503, description = "starting or draining"),
+))]
 async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, ok(serde_json::json!({ "ready": true })))
@@ -85,10 +92,14 @@ async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
     }
 }
 
+/// The version of this build.
+#[utoipa::path(get, path = "/version", responses((status = 200, description = "the version")))]
 async fn version() -> impl IntoResponse {
     ok(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
+/// Prometheus metrics, OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text")))]
 async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     (
         [(
@@ -190,21 +201,26 @@ async fn ask<T>(
     answer.await.map_err(|_| stopped())
 }
 
-/// The body of `POST /api/v1/mappings`.
-#[derive(Debug, serde::Deserialize)]
+/// The body of `POST /api/v1/mappings` (the shapes of docs/configuration.md's `mappings:`).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMapping {
-    /// Where visitors enter.
+    /// Where visitors enter: `{kind: node_port, port, bind?}`, `{kind: client_port,
+    /// listen_client, listen_addr}`, `{kind: socks5, …}`, `{kind: http_host, host}`.
+    #[schema(value_type = Object)]
     pub entry: Entry,
     /// The client that dials the target.
     pub target_client: u64,
-    /// What it dials.
+    /// What it dials: `{kind: fixed, host, port}` or `{kind: dynamic}`.
+    #[schema(value_type = Object)]
     pub target: Target,
     /// `tcp` (default), `udp`, `http`, `socks5`.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub protocol: Option<Protocol>,
     /// Limits and options.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub options: MappingOptions,
 }
 
@@ -216,11 +232,25 @@ fn parse_mapping_id(id: &str) -> Result<MappingId, ApiError> {
     })
 }
 
+/// Every mapping.
+#[utoipa::path(get, path = "/mappings", security(("api_key" = [])), responses(
+    (status = 200, description = "every mapping"),
+    (status = 401, description = "a valid API key is required"),
+))]
 async fn list_mappings(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let snapshot = ask(&state, |reply| NodeCommand::Snapshot { reply }).await?;
     Ok(ok(snapshot.mappings.into_values().collect::<Vec<_>>()))
 }
 
+/// One mapping.
+#[utoipa::path(get, path = "/mappings/{id}", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the mapping id")),
+    responses(
+        (status = 200, description = "the mapping"),
+        (status = 400, description = "not a mapping id"),
+        (status = 401, description = "a valid API key is required"),
+        (status = 404, description = "no such mapping"),
+    ))]
 async fn get_mapping(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -235,6 +265,15 @@ async fn get_mapping(
     Ok(ok(mapping))
 }
 
+/// Creates a mapping; its clients get the new config at once.
+#[utoipa::path(post, path = "/mappings", security(("api_key" = [])), request_body = NewMapping,
+    responses(
+        (status = 201, description = "created, with its id"),
+        (status = 400, description = "not JSON, not this shape, or an invalid value (data.field names it)"),
+        (status = 401, description = "a valid API key is required"),
+        (status = 403, description = "a quota forbids it"),
+        (status = 409, description = "its node port or host is taken"),
+    ))]
 async fn create_mapping(
     State(state): State<ApiState>,
     body: Result<Json<NewMapping>, JsonRejection>,
@@ -263,6 +302,14 @@ async fn create_mapping(
     Ok((StatusCode::CREATED, ok(mapping)))
 }
 
+/// Deletes a mapping: its tunnels end and its clients get new config.
+#[utoipa::path(delete, path = "/mappings/{id}", security(("api_key" = [])),
+    params(("id" = String, Path, description = "the mapping id")),
+    responses(
+        (status = 200, description = "deleted"),
+        (status = 401, description = "a valid API key is required"),
+        (status = 404, description = "no such mapping"),
+    ))]
 async fn delete_mapping(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -272,6 +319,11 @@ async fn delete_mapping(
     Ok(ok(serde_json::json!({ "deleted": true })))
 }
 
+/// Every client (never key material).
+#[utoipa::path(get, path = "/clients", security(("api_key" = [])), responses(
+    (status = 200, description = "id, label, owner, status, last seen of every client"),
+    (status = 401, description = "a valid API key is required"),
+))]
 async fn list_clients(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
     let snapshot = ask(&state, |reply| NodeCommand::Snapshot { reply }).await?;
     let clients: Vec<_> = snapshot
@@ -305,22 +357,57 @@ fn getrandom_seed(seed: &mut [u8; 32]) {
     }
 }
 
-/// The routes.
+/// The document's title and the bearer scheme of `/api/v1`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "tunnox node API", description = "Health, metrics and the management API."),
+    modifiers(&BearerKey)
+)]
+struct ApiDoc;
+
+struct BearerKey;
+
+impl utoipa::Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The routes, and the OpenAPI document built from the same registrations (so it cannot drift
+/// from them), served at `/api/v1/openapi.json`.
 pub fn router(state: ApiState) -> Router {
-    let v1 = Router::new()
-        .route("/mappings", get(list_mappings).post(create_mapping))
-        .route("/mappings/{id}", get(get_mapping).delete(delete_mapping))
-        .route("/clients", get(list_clients))
+    use utoipa::OpenApi as _;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(list_mappings, create_mapping))
+        .routes(routes!(get_mapping, delete_mapping))
+        .routes(routes!(list_clients))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_key,
         ));
-    Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/version", get(version))
-        .route("/metrics", get(metrics))
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(version))
+        .routes(routes!(metrics))
         .nest("/api/v1", v1)
+        .split_for_parts();
+    let document = Arc::new(document);
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json((*document).clone()) }
+            }),
+        )
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
