@@ -74,12 +74,8 @@ pub struct ServerArgs {
 
 /// A 32-byte seed for the node's RNG, from the OS (once, here in the binary).
 pub fn os_seed() -> anyhow::Result<[u8; 32]> {
-    use std::io::Read;
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut seed))
-        .context("reading /dev/urandom for the node's random seed")?;
-    Ok(seed)
+    tunnox_runtime_tokio::random::os_random()
+        .context("reading the OS's secure random source for the node's random seed")
 }
 
 /// The digest of the admin API key: from `TUNNOX_API_KEY`, or the one generated on the first
@@ -94,20 +90,16 @@ fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
         return Ok(key_digest(&key));
     }
     let path = data_dir.join("api-key.sha256");
-    if let Ok(hex) = std::fs::read_to_string(&path) {
-        let bytes: Vec<u8> = (0..hex.trim().len())
-            .step_by(2)
-            .filter_map(|i| u8::from_str_radix(hex.trim().get(i..i + 2)?, 16).ok())
-            .collect();
-        return <[u8; 32]>::try_from(bytes)
-            .map_err(|_| anyhow::anyhow!("{} is not a SHA-256 digest", path.display()));
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return tunnox_core::hex::decode::<32>(text.trim())
+            .ok_or_else(|| anyhow::anyhow!("{} is not a SHA-256 digest", path.display()));
     }
-    let key: String = os_seed()?.iter().map(|b| format!("{b:02x}")).collect();
+    let key = tunnox_core::hex::encode(&os_seed()?);
     let digest = key_digest(&key);
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&path, hex).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, tunnox_core::hex::encode(&digest))
+        .with_context(|| format!("writing {}", path.display()))?;
     println!(
         "admin API key (shown once, only its hash is kept in {}): {key}",
         path.display()

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod control;
 pub mod digest;
 pub mod fuzzing;
+pub mod hex;
 pub mod mux;
 pub mod node;
 pub mod planted;

@@ -279,9 +279,14 @@ async fn create_mapping(
     body: Result<Json<NewMapping>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let mut id_seed = [0u8; 32];
-    getrandom_seed(&mut id_seed);
-    let id = MappingId::generate(&mut tunnox_core::rng::Rng::from_seed(id_seed));
+    // Ids must not be guessable: from the OS, or not at all.
+    let seed = crate::random::os_random::<32>().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no OS randomness for a new id",
+        )
+    })?;
+    let id = MappingId::generate(&mut tunnox_core::rng::Rng::from_seed(seed));
     let mut mapping = Mapping::tcp(
         id,
         body.entry,
@@ -341,20 +346,6 @@ async fn list_clients(State(state): State<ApiState>) -> Result<impl IntoResponse
         })
         .collect();
     Ok(ok(clients))
-}
-
-/// 32 bytes from the OS for a fresh id (ids must not be guessable).
-fn getrandom_seed(seed: &mut [u8; 32]) {
-    use std::io::Read;
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(seed));
-    if filled.is_err() {
-        // No OS randomness: fall back to the clock (ids stay unique, not unguessable).
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        seed[..16].copy_from_slice(&nanos.to_le_bytes());
-    }
 }
 
 /// The document's title and the bearer scheme of `/api/v1`.

@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod random;
 pub mod socket;
 pub mod storage;
 pub mod tls;

@@ -20,30 +20,6 @@ pub const SECRET_BYTES: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    s
-}
-
-fn hex_decode_32(s: &str) -> Option<[u8; 32]> {
-    let digits = s.as_bytes();
-    if digits.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let hi = char::from(pair[0]).to_digit(16)?;
-        let lo = char::from(pair[1]).to_digit(16)?;
-        *byte = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
-}
-
 /// The 32-byte key a client proves knowledge of in the handshake; what nodes store.
 #[derive(Clone)]
 pub struct AuthKey([u8; 32]);
@@ -93,14 +69,14 @@ impl fmt::Debug for AuthKey {
 impl serde::Serialize for AuthKey {
     /// Lower-case hex, for storage.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex_encode(&self.0))
+        s.serialize_str(&crate::hex::encode(&self.0))
     }
 }
 
 impl<'de> serde::Deserialize<'de> for AuthKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AuthKey, D::Error> {
         let s = <String as serde::Deserialize>::deserialize(d)?;
-        hex_decode_32(&s)
+        crate::hex::decode::<32>(&s)
             .map(AuthKey)
             .ok_or_else(|| serde::de::Error::custom("an auth key is 64 hex digits"))
     }
@@ -117,14 +93,14 @@ impl ClientSecret {
     pub fn generate(rng: &mut Rng) -> ClientSecret {
         let mut bytes = [0u8; SECRET_BYTES];
         rng.fill(&mut bytes);
-        ClientSecret(hex_encode(&bytes))
+        ClientSecret(crate::hex::encode(&bytes))
     }
 
     /// Reads a saved secret: 64 hex digits, either case (kept in lower case).
     pub fn parse(s: &str) -> Result<ClientSecret, ValidationError> {
-        let bytes = hex_decode_32(s)
+        let bytes = crate::hex::decode::<32>(s)
             .ok_or_else(|| ValidationError::new("secret", "must be 64 hex digits"))?;
-        Ok(ClientSecret(hex_encode(&bytes)))
+        Ok(ClientSecret(crate::hex::encode(&bytes)))
     }
 
     /// The secret itself, to hand to the client or to save in its credentials file.
@@ -166,12 +142,12 @@ mod tests {
     fn derivation_matches_known_answers() {
         // Computed independently (Python: hmac.new(secret, b"tunnox/v1 auth key", sha256)).
         assert_eq!(
-            hex_encode(AuthKey::derive("s3cret").as_bytes()),
+            crate::hex::encode(AuthKey::derive("s3cret").as_bytes()),
             "c4be09f9a7fd0b879b4114a264928e7244da3257627c74c08b599cf6bdd4e5c0"
         );
         // A secret longer than the SHA-256 block is hashed first, per RFC 2104.
         assert_eq!(
-            hex_encode(AuthKey::derive(&"k".repeat(100)).as_bytes()),
+            crate::hex::encode(AuthKey::derive(&"k".repeat(100)).as_bytes()),
             "44ad0a3656151b90b7a54ed82d098586ed83cbfe6f47fa9cfa8308485b3784a0"
         );
     }
@@ -208,7 +184,7 @@ mod tests {
         let shown = format!("{secret:?} {key:?} {:?}", (&secret, &key));
         assert!(!shown.contains(secret.expose_secret()), "{shown}");
         assert!(!shown.contains(&secret.expose_secret()[..8]), "{shown}");
-        let key_hex = hex_encode(key.as_bytes());
+        let key_hex = crate::hex::encode(key.as_bytes());
         assert!(!shown.contains(&key_hex[..8]), "{shown}");
         assert!(shown.contains("redacted"));
     }

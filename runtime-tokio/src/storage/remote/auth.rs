@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tunnox_core::hex;
+
+use crate::random::unique_bytes;
 
 /// The metadata key of the signature.
 pub const AUTH_HEADER: &str = "x-tunnox-auth";
@@ -107,9 +110,9 @@ impl StorageToken {
 
     /// The `x-tunnox-auth` value for calling `method` with `message` (encoded) at `unix_ms`.
     pub fn sign(&self, method: &str, unix_ms: u64, message: &[u8]) -> String {
-        let nonce = hex(&random_bytes::<NONCE_BYTES>());
+        let nonce = hex::encode(&unique_bytes::<NONCE_BYTES>());
         let mac = self.mac(method, unix_ms, &nonce, message).finalize();
-        format!("v1 {unix_ms} {nonce} {}", hex(&mac.into_bytes()))
+        format!("v1 {unix_ms} {nonce} {}", hex::encode(&mac.into_bytes()))
     }
 }
 
@@ -158,9 +161,8 @@ impl Verifier {
             return Err(AuthError::Malformed);
         };
         let unix_ms: u64 = unix_ms.parse().map_err(|_| AuthError::Malformed)?;
-        let mac = unhex(mac).ok_or(AuthError::Malformed)?;
-        let nonce_value = unhex(nonce)
-            .and_then(|bytes| <[u8; NONCE_BYTES]>::try_from(bytes).ok())
+        let mac = hex::decode::<32>(mac).ok_or(AuthError::Malformed)?;
+        let nonce_value = hex::decode::<NONCE_BYTES>(nonce)
             .map(u128::from_le_bytes)
             .ok_or(AuthError::Malformed)?;
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
@@ -205,43 +207,6 @@ impl SeenNonces {
             }
         }
     }
-}
-
-/// `N` bytes from the operating system's secure random source (via rustls's ring provider).
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut bytes = [0u8; N];
-    let provider = rustls::crypto::ring::default_provider();
-    if provider.secure_random.fill(&mut bytes).is_err() {
-        // No OS randomness: fall back to the clock and a counter, unique within the process
-        // (a nonce must be unique, not secret).
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let seed = crate::clock::wall_now().0 ^ n.rotate_left(32) ^ u64::from(std::process::id());
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = (seed.rotate_left((i as u32 % 8) * 8) & 0xff) as u8 ^ (n as u8);
-        }
-    }
-    bytes
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || text.len() > 128 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

@@ -31,9 +31,10 @@ use tunnox_proto::storage::{
     ListPushRequest, ListRangeRequest, PingRequest, ScanPrefixRequest, SetManyRequest, SetRequest,
 };
 
-use super::auth::{AUTH_HEADER, StorageToken, random_bytes};
+use super::auth::{AUTH_HEADER, StorageToken};
 use super::status::{BACKEND, from_status};
 use super::ttl_to_ms;
+use crate::random::unique_bytes;
 use crate::storage::{Storage, StorageError};
 
 /// How to reach a storage server.
@@ -149,7 +150,7 @@ impl RemoteStorage {
             .saturating_mul(2u32.saturating_pow(attempt))
             .min(self.config.backoff_max);
         let step_us = u64::try_from(step.as_micros()).unwrap_or(u64::MAX);
-        let draw = u64::from_le_bytes(random_bytes::<8>());
+        let draw = u64::from_le_bytes(unique_bytes::<8>());
         Duration::from_micros(draw % step_us.saturating_add(1))
     }
 
