@@ -80,23 +80,37 @@ struct Writer<'txn> {
     changed: bool,
 }
 
+/// The live record at `key` in `kv` at `now_ms`, if any (for writers and readers alike).
+fn live_record(
+    kv: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<Record>, StorageError> {
+    let Some(stored) = kv.get(key).map_err(io)? else {
+        return Ok(None);
+    };
+    let record = Record::decode(key, stored.value())?;
+    Ok(Some(record).filter(|record| record.live(now_ms)))
+}
+
+/// The value of a live record; `WrongKind` for a list.
+fn value_of(key: &str, record: Option<Record>) -> Result<Option<Bytes>, StorageError> {
+    match record.map(|record| record.contents) {
+        None => Ok(None),
+        Some(Contents::Value(value)) => Ok(Some(value)),
+        Some(Contents::List(_)) => Err(wrong_kind(key)),
+    }
+}
+
 impl Writer<'_> {
     /// The live record at `key`, if any.
     fn live(&self, key: &str) -> Result<Option<Record>, StorageError> {
-        let Some(stored) = self.kv.get(key).map_err(io)? else {
-            return Ok(None);
-        };
-        let record = Record::decode(key, stored.value())?;
-        Ok(Some(record).filter(|record| record.live(self.now_ms)))
+        live_record(&self.kv, key, self.now_ms)
     }
 
     /// The live value at `key`, if any; `WrongKind` for a list.
     fn value(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        match self.live(key)?.map(|record| record.contents) {
-            None => Ok(None),
-            Some(Contents::Value(value)) => Ok(Some(value)),
-            Some(Contents::List(_)) => Err(wrong_kind(key)),
-        }
+        value_of(key, self.live(key)?)
     }
 
     /// The live list at `key` with its expiry, if any; `WrongKind` for a value.
@@ -189,19 +203,11 @@ struct Reader {
 
 impl Reader {
     fn live(&self, key: &str) -> Result<Option<Record>, StorageError> {
-        let Some(stored) = self.kv.get(key).map_err(io)? else {
-            return Ok(None);
-        };
-        let record = Record::decode(key, stored.value())?;
-        Ok(Some(record).filter(|record| record.live(self.now_ms)))
+        live_record(&self.kv, key, self.now_ms)
     }
 
     fn value(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
-        match self.live(key)?.map(|record| record.contents) {
-            None => Ok(None),
-            Some(Contents::Value(value)) => Ok(Some(value)),
-            Some(Contents::List(_)) => Err(wrong_kind(key)),
-        }
+        value_of(key, self.live(key)?)
     }
 
     fn list(&self, key: &str) -> Result<Vec<Bytes>, StorageError> {
