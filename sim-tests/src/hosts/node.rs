@@ -494,12 +494,11 @@ impl NodeHost {
     }
 
     fn run_admin(&mut self, now: Instant) {
-        while self.admin.front().is_some_and(|(at, _)| *at <= now) {
-            let Some((_, op)) = self.admin.pop_front() else {
+        // While the node is down (or still loading its state) the operations wait for it: an
+        // administrator's change is not lost because a node was restarting.
+        while self.node.is_some() && self.admin.front().is_some_and(|(at, _)| *at <= now) {
+            let (Some((_, op)), Some(node)) = (self.admin.pop_front(), self.node.as_mut()) else {
                 break;
-            };
-            let Some(node) = self.node.as_mut() else {
-                continue;
             };
             let _ = match op {
                 AdminOp::PutMapping(m) => node.put_mapping(now, *m),
@@ -668,7 +667,12 @@ impl Host for NodeHost {
     }
 
     fn next_timer(&self) -> Option<Instant> {
-        let admin = self.admin.front().map(|(at, _)| *at);
+        // Operations wait while the node is down; its start (or state load) runs them.
+        let admin = self
+            .node
+            .as_ref()
+            .and(self.admin.front())
+            .map(|(at, _)| *at);
         let leave = self.cluster.as_ref().and_then(|c| match c {
             ClusterRole {
                 departed: false,
