@@ -463,24 +463,32 @@ impl Coordinator {
         match envelope.topic {
             // This node applied its own change when it made it; an echo could only roll back a
             // newer local change.
+            // Payloads come from correct coordinators: one that does not decode is a bug, not
+            // noise to skip (its sequence number was already counted).
             Topic::ConfigUpdate if !own => {
-                if let Ok(change) = serde_json::from_slice::<StateChange>(&envelope.payload) {
-                    self.commands
-                        .push_back(NodeCommand::ApplyRemote(Box::new(change)));
+                match serde_json::from_slice::<StateChange>(&envelope.payload) {
+                    Ok(change) => self
+                        .commands
+                        .push_back(NodeCommand::ApplyRemote(Box::new(change))),
+                    Err(e) => self.violate(format!("undecodable config.update: {e}")),
                 }
             }
-            Topic::ClientOnline => {
-                if let Ok(n) = serde_json::from_slice::<RouteNotice>(&envelope.payload) {
+            Topic::ClientOnline => match serde_json::from_slice::<RouteNotice>(&envelope.payload) {
+                Ok(n) => {
                     self.told.insert(n.client, n.node.clone());
                     self.commands
                         .push_back(NodeCommand::SetRoute(n.client, Some(n.node)));
                 }
-            }
+                Err(e) => self.violate(format!("undecodable client.online: {e}")),
+            },
             Topic::ClientOffline => {
-                if let Ok(n) = serde_json::from_slice::<RouteNotice>(&envelope.payload) {
-                    self.told.remove(&n.client);
-                    self.commands
-                        .push_back(NodeCommand::SetRoute(n.client, None));
+                match serde_json::from_slice::<RouteNotice>(&envelope.payload) {
+                    Ok(n) => {
+                        self.told.remove(&n.client);
+                        self.commands
+                            .push_back(NodeCommand::SetRoute(n.client, None));
+                    }
+                    Err(e) => self.violate(format!("undecodable client.offline: {e}")),
                 }
             }
             Topic::NodeShutdown => {

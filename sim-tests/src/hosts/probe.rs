@@ -70,11 +70,6 @@ impl ProbeHost {
         self.attempts.iter().map(|a| u64::from(*a)).sum()
     }
 
-    /// Mappings that needed more than one try.
-    pub fn retried(&self) -> usize {
-        self.attempts.iter().filter(|a| **a > 1).count()
-    }
-
     /// The mappings not yet answered, with their tries and what is in flight.
     pub fn describe(&self) -> String {
         let mut out = String::new();

@@ -228,10 +228,9 @@ impl StorageHost {
             } => {
                 let mut held = Vec::with_capacity(clients.len());
                 for client in clients {
-                    let mine = self.live_route(client, now).is_none_or(|r| r.node == node);
                     // The Lua script's check: only the holder renews.
-                    let renew = mine;
-                    if renew {
+                    let mine = self.live_route(client, now).is_none_or(|r| r.node == node);
+                    if mine {
                         self.stats.renewals_accepted += 1;
                         let expires_at = now + lease(lease_ms);
                         self.routes.insert(
@@ -245,7 +244,7 @@ impl StorageHost {
                         self.stats.renewals_refused += 1;
                         ctx.count("route_renewal_refused");
                     }
-                    held.push(renew);
+                    held.push(mine);
                 }
                 StoreReply::Held(held)
             }
