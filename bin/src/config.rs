@@ -26,8 +26,12 @@ pub struct ServerFile {
     pub allow_registration: Option<bool>,
     /// Address node ports bind by default.
     pub node_port_bind: Option<String>,
-    /// Address of the HTTP endpoints (`/health`, `/ready`, `/version`, `/metrics`); off if unset.
+    /// Address of the HTTP endpoints (`/health`, `/ready`, `/version`, `/metrics`, `/api/v1`);
+    /// off if unset.
     pub api_listen: Option<String>,
+    /// Who may use the management API, and how often.
+    #[serde(default)]
+    pub api: ApiFile,
     /// TLS settings.
     #[serde(default)]
     pub tls: TlsFile,
@@ -82,6 +86,38 @@ impl GuardFile {
             guard.lockout = std::time::Duration::from_secs(v);
         }
     }
+}
+
+/// `api:` settings of the management API (docs/api.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiFile {
+    /// API keys besides the admin key, each by the SHA-256 of the key (the file never holds a
+    /// key itself).
+    #[serde(default)]
+    pub keys: Vec<ApiKeyFile>,
+    /// File holding the HS256 secret that signs accepted JWTs, at least 32 bytes (or set
+    /// TUNNOX_API_JWT_SECRET); no JWTs are accepted without one.
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Browser origins answered with CORS headers (`*`: any); none by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
+    /// Requests one key may make at once [200].
+    pub rate_burst: Option<u32>,
+    /// Requests one key gains per second [100].
+    pub rate_per_sec: Option<u32>,
+}
+
+/// One API key of `api.keys`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyFile {
+    /// A name, for the rate limit and logs.
+    pub name: String,
+    /// SHA-256 of the key, 64 hex digits (`printf %s "$KEY" | sha256sum`).
+    pub sha256: String,
+    /// `admin` (everything) or `read` (GET only).
+    pub role: tunnox_runtime_tokio::api::Role,
 }
 
 /// `cluster:` settings (docs/cluster.md).

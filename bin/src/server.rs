@@ -78,21 +78,26 @@ pub fn os_seed() -> anyhow::Result<[u8; 32]> {
         .context("reading the OS's secure random source for the node's random seed")
 }
 
-/// The digest of the admin API key: from `TUNNOX_API_KEY`, or the one generated on the first
-/// start (only its SHA-256 is kept, in `DATA_DIR/api-key.sha256`; the key is printed once).
-fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+/// The digest of the admin API key: from `TUNNOX_API_KEY`, or the one kept in
+/// `DATA_DIR/api-key.sha256`, or (when `generate`) a new one made now, whose key is printed
+/// once and only its SHA-256 kept.
+fn admin_key(data_dir: &std::path::Path, generate: bool) -> anyhow::Result<Option<[u8; 32]>> {
     use tunnox_runtime_tokio::api::key_digest;
     if let Ok(key) = std::env::var("TUNNOX_API_KEY") {
         anyhow::ensure!(
             key.len() >= 16,
             "TUNNOX_API_KEY must be at least 16 characters"
         );
-        return Ok(key_digest(&key));
+        return Ok(Some(key_digest(&key)));
     }
     let path = data_dir.join("api-key.sha256");
     if let Ok(text) = std::fs::read_to_string(&path) {
         return tunnox_core::hex::decode::<32>(text.trim())
+            .map(Some)
             .ok_or_else(|| anyhow::anyhow!("{} is not a SHA-256 digest", path.display()));
+    }
+    if !generate {
+        return Ok(None);
     }
     let key = tunnox_core::hex::encode(&os_seed()?);
     let digest = key_digest(&key);
@@ -104,7 +109,61 @@ fn admin_key(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
         "admin API key (shown once, only its hash is kept in {}): {key}",
         path.display()
     );
-    Ok(digest)
+    Ok(Some(digest))
+}
+
+/// Who may use the management API: the admin key, `api.keys`, and JWTs signed with the
+/// configured secret; with neither keys nor a JWT secret configured, an admin key is generated.
+fn api_auth(
+    data_dir: &std::path::Path,
+    api: &crate::config::ApiFile,
+) -> anyhow::Result<tunnox_runtime_tokio::api::ApiAuth> {
+    use tunnox_runtime_tokio::api::{ApiAuth, ApiKey, Role, auth};
+    let mut keys = Vec::new();
+    for key in &api.keys {
+        let sha256 = tunnox_core::hex::decode::<32>(key.sha256.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "api.keys: `{}` has a sha256 that is not 64 hex digits",
+                key.name
+            )
+        })?;
+        keys.push(ApiKey {
+            name: key.name.clone(),
+            sha256,
+            role: key.role,
+        });
+    }
+    let jwt_secret = match (std::env::var("TUNNOX_API_JWT_SECRET"), &api.jwt_secret_file) {
+        (Ok(secret), _) => Some(secret.into_bytes()),
+        (Err(_), Some(path)) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("api.jwt_secret_file: reading {}", path.display()))?
+                .trim_ascii()
+                .to_vec(),
+        ),
+        (Err(_), None) => None,
+    };
+    let generate = keys.is_empty() && jwt_secret.is_none();
+    if let Some(sha256) = admin_key(data_dir, generate)? {
+        keys.push(ApiKey {
+            name: "admin".into(),
+            sha256,
+            role: Role::Admin,
+        });
+    }
+    let mut auth = ApiAuth::new(keys)
+        .with_rate_limit(
+            api.rate_burst.unwrap_or(auth::RATE_BURST_DEFAULT),
+            api.rate_per_sec.unwrap_or(auth::RATE_PER_SEC_DEFAULT),
+        )
+        .with_cors_origins(&api.cors_origins)
+        .context("api.cors_origins")?;
+    if let Some(secret) = jwt_secret {
+        auth = auth
+            .with_jwt_secret(&secret)
+            .context("api.jwt_secret_file (TUNNOX_API_JWT_SECRET)")?;
+    }
+    Ok(auth)
 }
 
 /// The shortest cluster token accepted.
@@ -327,13 +386,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             "http endpoints (/health, /ready, /version, /metrics, /api/v1) on {}",
             listener.local_addr()?
         );
-        let admin_key_sha256 = Some(admin_key(&data_dir)?);
-        let state = ApiState {
-            metrics,
-            ready: ready.clone(),
-            node: None,
-            admin_key_sha256,
-        };
+        let state =
+            ApiState::new(metrics, ready.clone()).with_auth(api_auth(&data_dir, &file.api)?);
         api = Some((listener, state));
     }
     let mut coordinator = None;
@@ -388,8 +442,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (false, false) => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
     let (commands, task) = spawn_node(driver, listener);
-    if let Some((listener, mut state)) = api {
-        state.node = Some(commands.clone());
+    if let Some((listener, state)) = api {
+        let state = state.with_node(commands.clone());
         tokio::spawn(async move {
             if let Err(e) = tunnox_runtime_tokio::api::serve(listener, state).await {
                 eprintln!("the http endpoints stopped: {e}");

@@ -15,6 +15,7 @@ pub mod hex;
 pub mod mux;
 pub mod node;
 pub mod planted;
+pub mod ratelimit;
 pub mod relay;
 pub mod rng;
 pub mod session;

@@ -101,7 +101,9 @@ return {held[1], held[2], redis.call('PTTL', KEYS[1])}";
 fn field_of(change: &StateChange) -> String {
     match change {
         StateChange::PutUser(u) => format!("user:{}", u.id),
+        StateChange::DeleteUser(id) => format!("user:{id}"),
         StateChange::PutClient(c) => format!("client:{}", c.id),
+        StateChange::DeleteClient(id) => format!("client:{id}"),
         StateChange::PutMapping(m) => format!("mapping:{}", m.id),
         StateChange::DeleteMapping(id) => format!("mapping:{id}"),
         StateChange::PutCode(c) => format!("code:{}", c.code()),
@@ -154,7 +156,10 @@ impl ClusterStore {
         let field = field_of(change);
         let deleted = matches!(
             change,
-            StateChange::DeleteMapping(_) | StateChange::DeleteCode(_)
+            StateChange::DeleteUser(_)
+                | StateChange::DeleteClient(_)
+                | StateChange::DeleteMapping(_)
+                | StateChange::DeleteCode(_)
         );
         let value = serde_json::to_vec(change).map_err(|e| StorageError::Refused {
             backend: "cluster",

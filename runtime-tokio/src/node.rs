@@ -24,9 +24,30 @@ use crate::storage::EmbeddedStore;
 /// Capacity of the driver's event channel (socket readers wait when it is full).
 const EVENTS: usize = 1024;
 
+/// Work run on the node's task with the node and the current time: the management API's reads
+/// and changes. The job answers through a channel of its own.
+pub struct NodeJob(Box<dyn FnOnce(&mut Node, tunnox_core::time::Instant) + Send>);
+
+impl NodeJob {
+    /// A job running `job`.
+    pub fn new(
+        job: impl FnOnce(&mut Node, tunnox_core::time::Instant) + Send + 'static,
+    ) -> NodeJob {
+        NodeJob(Box::new(job))
+    }
+}
+
+impl std::fmt::Debug for NodeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeJob")
+    }
+}
+
 /// Administrative requests to a running node.
 #[derive(Debug)]
 pub enum NodeCommand {
+    /// Run a job on the node (see [`NodeJob`]).
+    Run(NodeJob),
     /// Create a client; answers its id and secret.
     CreateClient {
         /// Owning user, if any.
@@ -423,6 +444,7 @@ impl NodeDriver {
     fn on_command(&mut self, command: NodeCommand) {
         let now = self.clock.now();
         match command {
+            NodeCommand::Run(NodeJob(job)) => job(&mut self.node, now),
             NodeCommand::CreateClient {
                 owner,
                 label,

@@ -8,7 +8,7 @@ mod common;
 
 use common::{
     connect_when_listening, create_client, echo_server, firehose_byte, firehose_server, free_port,
-    many_connections, random, round_trip, try_round_trip,
+    many_connections, random, round_trip, start_agent, try_round_trip,
 };
 
 use std::net::SocketAddr;
@@ -34,38 +34,6 @@ struct Setup {
     listen_client: ClientId,
     target_client: ClientId,
     echo: SocketAddr,
-}
-
-async fn start_agent(
-    node_addr: SocketAddr,
-    id: ClientId,
-    secret: &ClientSecret,
-    seed: u64,
-) -> mpsc::Receiver<AgentOutput> {
-    let clock = Clock::new();
-    let config = AgentConfig::new(
-        ClientIdentity::Login {
-            client_id: id.0,
-            key: secret.auth_key(),
-        },
-        1,
-    );
-    let agent = Agent::new(clock.now(), config, Rng::seed_from_u64(seed));
-    let (notices_tx, mut notices) = mpsc::channel(64);
-    let (_commands, _task) =
-        spawn_agent(AgentDriver::new(agent, clock, vec![node_addr], notices_tx));
-    // Keep the command sender alive for the test's duration.
-    std::mem::forget(_commands);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), notices.recv())
-            .await
-            .unwrap()
-        {
-            Some(AgentOutput::Established { .. }) => return notices,
-            Some(_) => {}
-            None => panic!("agent ended"),
-        }
-    }
 }
 
 async fn setup() -> Setup {
@@ -514,12 +482,7 @@ async fn health_ready_version_and_metrics_that_move_with_real_traffic() {
     let ready = Arc::new(AtomicBool::new(false));
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_addr = api.local_addr().unwrap();
-    let state = ApiState {
-        metrics: metrics.clone(),
-        ready: ready.clone(),
-        node: None,
-        admin_key_sha256: None,
-    };
+    let state = ApiState::new(metrics.clone(), ready.clone());
     tokio::spawn(serve(api, state));
 
     let (status, body) = http_get(api_addr, "/ready").await;

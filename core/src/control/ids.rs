@@ -6,12 +6,19 @@ use super::code::{ALPHABET, is_symbol, random_symbol};
 use super::validation::ValidationError;
 use crate::rng::Rng;
 
-/// A user account's id, assigned by storage.
+/// A user account's id: a random 12-digit number, like a client's.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
 pub struct UserId(pub u64);
+
+impl UserId {
+    /// A random id of exactly 12 decimal digits (see [`ClientId::generate`]).
+    pub fn generate(rng: &mut Rng) -> UserId {
+        UserId(ClientId::generate(rng).0)
+    }
+}
 
 impl fmt::Display for UserId {
     /// Decimal.

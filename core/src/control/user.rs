@@ -38,7 +38,7 @@ impl User {
 /// The two rate/volume limits use `0` for unlimited, since a zero rate would be meaningless.
 /// Defaults: 10 clients, 50 mappings, 200 concurrent connections, unlimited bandwidth and traffic.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Quota {
     /// Clients the user may own.
     pub max_clients: u32,

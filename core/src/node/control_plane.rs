@@ -5,9 +5,9 @@ use tunnox_proto::wire::{
     self as pb, ControlErrorKind, control_request::Body, control_response::Result as Reply,
 };
 
-use super::{AdminError, ConnId, Node, StateChange};
+use super::{AdminError, ConnId, Node};
 use crate::control::{
-    ClientId, Code, CodeError, CodeRequest, CodeState, ConnectionCode, Protocol, Target, UnixMillis,
+    ClientId, Code, CodeError, CodeRequest, CodeState, ConnectionCode, Protocol, Target,
 };
 use crate::time::{Duration, Instant};
 
@@ -34,8 +34,9 @@ fn admin_error(e: AdminError) -> Reply {
     let kind = match e {
         AdminError::Invalid(_) => ControlErrorKind::Invalid,
         AdminError::Quota(_) => ControlErrorKind::Quota,
-        AdminError::Conflict(_) => ControlErrorKind::Invalid,
+        AdminError::Conflict(_) | AdminError::InUse(_) => ControlErrorKind::Invalid,
         AdminError::NotFound(_) => ControlErrorKind::NotFound,
+        AdminError::Code(e) => return code_error(e),
     };
     error(kind, e.to_string())
 }
@@ -87,10 +88,9 @@ impl Node {
         let Some(client) = self.slots.get(&conn).and_then(|s| s.client) else {
             return;
         };
-        let wall = self.wall_now(now);
         let reply = match request.body {
-            Some(Body::CreateCode(create)) => self.create_code(client, wall, create),
-            Some(Body::ActivateCode(activate)) => self.activate_code(now, client, wall, activate),
+            Some(Body::CreateCode(create)) => self.answer_create_code(now, client, create),
+            Some(Body::ActivateCode(activate)) => self.answer_activate_code(now, client, activate),
             Some(Body::ListCodes(_)) => Reply::Codes(pb::CodeList {
                 codes: self
                     .state
@@ -100,7 +100,7 @@ impl Node {
                     .map(code_info)
                     .collect(),
             }),
-            Some(Body::RevokeCode(revoke)) => self.revoke_code(client, wall, &revoke.code),
+            Some(Body::RevokeCode(revoke)) => self.answer_revoke_code(now, client, &revoke.code),
             None => error(ControlErrorKind::Invalid, "empty request"),
         };
         if let Some(session) = self.accepted(conn) {
@@ -112,7 +112,12 @@ impl Node {
         self.mark(conn);
     }
 
-    fn create_code(&mut self, client: ClientId, wall: UnixMillis, create: pb::CreateCode) -> Reply {
+    fn answer_create_code(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        create: pb::CreateCode,
+    ) -> Reply {
         let Some(protocol) = protocol_of(create.protocol) else {
             return error(ControlErrorKind::Invalid, "codes carry tcp, udp or socks5");
         };
@@ -131,9 +136,6 @@ impl Node {
         };
         let mut request =
             CodeRequest::new(client, target, protocol).with_description(create.description);
-        if let Some(owner) = self.state.clients.get(&client).and_then(|c| c.owner) {
-            request = request.with_owner(owner);
-        }
         if create.activation_ttl_secs > 0 {
             request = request
                 .with_activation_ttl(Duration::from_secs(u64::from(create.activation_ttl_secs)));
@@ -142,27 +144,16 @@ impl Node {
             request =
                 request.with_mapping_ttl(Duration::from_secs(u64::from(create.mapping_ttl_secs)));
         }
-        let code = loop {
-            let code = Code::generate(&mut self.rng);
-            if !self.state.codes.contains_key(&code) {
-                break code;
-            }
-        };
-        match ConnectionCode::issue(code, request, wall) {
-            Ok(issued) => {
-                let info = code_info(&issued);
-                self.persist(StateChange::PutCode(issued));
-                Reply::Code(info)
-            }
-            Err(e) => error(ControlErrorKind::Invalid, e.to_string()),
+        match self.issue_code(now, request) {
+            Ok(issued) => Reply::Code(code_info(&issued)),
+            Err(e) => admin_error(e),
         }
     }
 
-    fn activate_code(
+    fn answer_activate_code(
         &mut self,
         now: Instant,
         client: ClientId,
-        wall: UnixMillis,
         activate: pb::ActivateCode,
     ) -> Reply {
         let Ok(code) = Code::parse(&activate.code) else {
@@ -171,61 +162,38 @@ impl Node {
                 format!("`{}` is not a connection code", activate.code.trim()),
             );
         };
-        let Some(mut offer) = self.state.codes.get(&code).cloned() else {
-            return error(
-                ControlErrorKind::NotFound,
-                format!("no connection code {code}"),
-            );
-        };
-        let mapping = match offer.activate(wall, client, &activate.listen_addr, &mut self.rng) {
-            Ok(mapping) => mapping,
-            Err(e) => return code_error(e),
-        };
-        let info = pb::MappingInfo {
-            mapping_id: mapping.id.as_str().to_owned(),
-            listen_addr: activate.listen_addr.clone(),
-            target: target_addr(&mapping.target),
-            expires_at_ms: mapping.expires_at.map_or(0, |t| t.0),
-        };
-        // The code is spent before anything else can run; if the mapping is refused (quota),
-        // the code goes back to what it was.
-        let before = self.state.codes.get(&code).cloned();
-        self.persist(StateChange::PutCode(offer));
-        if let Err(e) = self.put_mapping(now, mapping) {
-            if let Some(before) = before {
-                self.persist(StateChange::PutCode(before));
-            }
-            return admin_error(e);
+        match self.redeem_code(now, client, &code, &activate.listen_addr) {
+            Ok(mapping) => Reply::Mapping(pb::MappingInfo {
+                mapping_id: mapping.id.as_str().to_owned(),
+                listen_addr: activate.listen_addr.clone(),
+                target: target_addr(&mapping.target),
+                expires_at_ms: mapping.expires_at.map_or(0, |t| t.0),
+            }),
+            Err(e) => admin_error(e),
         }
-        Reply::Mapping(info)
     }
 
-    fn revoke_code(&mut self, client: ClientId, wall: UnixMillis, code: &str) -> Reply {
+    fn answer_revoke_code(&mut self, now: Instant, client: ClientId, code: &str) -> Reply {
         let Ok(code) = Code::parse(code) else {
             return error(
                 ControlErrorKind::Invalid,
                 format!("`{}` is not a connection code", code.trim()),
             );
         };
-        let Some(mut offer) = self.state.codes.get(&code).cloned() else {
-            return error(
-                ControlErrorKind::NotFound,
-                format!("no connection code {code}"),
-            );
-        };
-        if offer.target_client() != client {
+        if self
+            .state
+            .codes
+            .get(&code)
+            .is_some_and(|offer| offer.target_client() != client)
+        {
             return error(
                 ControlErrorKind::Forbidden,
                 "only the client that created a code may revoke it",
             );
         }
-        match offer.revoke(wall) {
-            Ok(()) => {
-                let info = code_info(&offer);
-                self.persist(StateChange::PutCode(offer));
-                Reply::Code(info)
-            }
-            Err(e) => code_error(e),
+        match self.revoke_code(now, &code) {
+            Ok(revoked) => Reply::Code(code_info(&revoked)),
+            Err(e) => admin_error(e),
         }
     }
 }

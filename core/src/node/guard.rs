@@ -11,6 +11,7 @@ use core::net::IpAddr;
 use std::collections::BTreeMap;
 
 use crate::control::ClientId;
+use crate::ratelimit::{KeyedRateLimit, forget_oldest};
 use crate::time::{Duration, Instant};
 
 /// Limits of the guard.
@@ -44,13 +45,6 @@ impl Default for GuardConfig {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Bucket {
-    /// Tokens, in thousandths (so refill has no rounding drift).
-    milli_tokens: u64,
-    updated: Instant,
-}
-
-#[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
     first: Instant,
@@ -72,7 +66,7 @@ pub struct GuardStats {
 #[derive(Debug)]
 pub struct HandshakeGuard {
     config: GuardConfig,
-    buckets: BTreeMap<IpAddr, Bucket>,
+    connections: KeyedRateLimit<IpAddr>,
     failures: BTreeMap<(ClientId, IpAddr), Failures>,
     stats: GuardStats,
 }
@@ -81,8 +75,12 @@ impl HandshakeGuard {
     /// A guard with `config`.
     pub fn new(config: GuardConfig) -> HandshakeGuard {
         HandshakeGuard {
+            connections: KeyedRateLimit::new(
+                config.handshake_burst,
+                config.handshakes_per_sec,
+                config.tracked_max,
+            ),
             config,
-            buckets: BTreeMap::new(),
             failures: BTreeMap::new(),
             stats: GuardStats::default(),
         }
@@ -95,29 +93,11 @@ impl HandshakeGuard {
 
     /// A new connection from `addr`: allowed, or refused with when to retry.
     pub fn admit(&mut self, now: Instant, addr: IpAddr) -> Result<(), Duration> {
-        let full = u64::from(self.config.handshake_burst) * 1000;
-        let rate = u64::from(self.config.handshakes_per_sec.max(1));
-        if !self.buckets.contains_key(&addr) && self.buckets.len() >= self.config.tracked_max {
-            forget_oldest(&mut self.buckets, |b| b.updated);
-        }
-        let bucket = self.buckets.entry(addr).or_insert(Bucket {
-            milli_tokens: full,
-            updated: now,
-        });
-        let elapsed_ms = now.saturating_duration_since(bucket.updated).as_millis();
-        let refill = u64::try_from(elapsed_ms)
-            .unwrap_or(u64::MAX)
-            .saturating_mul(rate);
-        bucket.milli_tokens = bucket.milli_tokens.saturating_add(refill).min(full);
-        bucket.updated = now;
-        if bucket.milli_tokens >= 1000 {
-            bucket.milli_tokens -= 1000;
-            Ok(())
-        } else {
+        let admitted = self.connections.admit(now, &addr);
+        if admitted.is_err() {
             self.stats.rate_limited += 1;
-            let missing = 1000 - bucket.milli_tokens;
-            Err(Duration::from_millis(missing.div_ceil(rate)))
         }
+        admitted
     }
 
     /// Whether `client` may try to log in from `addr` now (`Err`: locked out, retry after).
@@ -177,18 +157,7 @@ impl HandshakeGuard {
 
     /// Entries remembered (addresses, pairs).
     pub fn tracked(&self) -> (usize, usize) {
-        (self.buckets.len(), self.failures.len())
-    }
-}
-
-/// Removes the entry whose `age` is oldest.
-fn forget_oldest<K: Ord + Clone, V>(map: &mut BTreeMap<K, V>, age: impl Fn(&V) -> Instant) {
-    if let Some(key) = map
-        .iter()
-        .min_by_key(|(_, v)| age(v))
-        .map(|(k, _)| k.clone())
-    {
-        map.remove(&key);
+        (self.connections.tracked(), self.failures.len())
     }
 }
 

@@ -6,6 +6,7 @@
 //! (`visitor_accepted`, `visitor_data`, `visitor_eof`, …) and time (`handle_timeout`); it pulls
 //! bytes to write with `poll_transmit` and everything else with `poll_output`.
 
+mod admin;
 mod control_plane;
 mod guard;
 mod link;
@@ -16,13 +17,14 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use tunnox_proto::wire as pb;
 
+pub use admin::{ClientUpdate, MappingTraffic};
 pub use guard::{GuardConfig, GuardStats, HandshakeGuard};
 pub use state::{ControlState, StateChange};
 
 use crate::cluster::{BridgePool, PoolAction, PoolConfig};
 use crate::control::{
-    AuthKey, ClientId, ClientRecord, ClientSecret, ClientStatus, Entry, Mapping, MappingId,
-    MappingStatus, NodeId, QuotaError, Target, UnixMillis, ValidationError,
+    AuthKey, ClientId, ClientRecord, ClientSecret, ClientStatus, CodeError, Entry, Mapping,
+    MappingId, MappingStatus, NodeId, QuotaError, Target, UnixMillis, ValidationError,
 };
 use crate::mux::{MuxEvent, ReadOutcome};
 use crate::relay::{LocalId, LocalOutput, LocalRelays};
@@ -202,6 +204,12 @@ pub enum AdminError {
     /// Another mapping already uses this node port or host.
     #[error("{0} is already used by another mapping")]
     Conflict(String),
+    /// The object is still in use (a user that owns clients or mappings).
+    #[error("{0}")]
+    InUse(String),
+    /// A connection code cannot be redeemed or revoked.
+    #[error(transparent)]
+    Code(#[from] CodeError),
     /// No such object.
     #[error("no such {0}")]
     NotFound(&'static str),
@@ -235,6 +243,8 @@ pub struct Node {
     slots: BTreeMap<ConnId, Slot>,
     registry: SessionRegistry,
     tunnels: TunnelTable,
+    /// Bytes and tunnels of ended tunnels, per mapping (see [`Node::traffic`]).
+    traffic: BTreeMap<MappingId, MappingTraffic>,
     /// Visitors accepted and not yet closed (so each gets exactly one `Close`).
     open_visitors: BTreeSet<LocalId>,
     /// Which session holds each visitor's target stream.
@@ -286,6 +296,7 @@ impl Node {
             awaiting_route: BTreeMap::new(),
             guard: HandshakeGuard::new(config.guard.clone()),
             tunnels: TunnelTable::new(config.tunnel.clone()),
+            traffic: BTreeMap::new(),
             config,
             rng,
             wall_origin: (now, wall_now),
@@ -508,6 +519,23 @@ impl Node {
         &self.pool
     }
 
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.session.node_id
+    }
+
+    /// Bridge links to `peer` and the streams they carry now.
+    pub fn links_and_streams_to(&self, peer: &NodeId) -> (usize, u32) {
+        self.pool
+            .links_to(peer)
+            .fold((0, 0), |(links, streams), link| {
+                (
+                    links + 1,
+                    streams.saturating_add(link_streams(&self.slots, link)),
+                )
+            })
+    }
+
     fn run_pool_actions(&mut self, now: Instant) {
         while let Some(action) = self.pool.poll_action() {
             match action {
@@ -554,7 +582,14 @@ impl Node {
                     self.after_mapping_change(now, involved_clients(&previous));
                 }
             }
-            _ => self.state.apply(&change),
+            _ => {
+                let before = match &change {
+                    StateChange::PutClient(c) => self.state.clients.get(&c.id).cloned(),
+                    _ => None,
+                };
+                self.state.apply(&change);
+                self.enforce_remote(now, &change, before.as_ref());
+            }
         }
     }
 
@@ -810,12 +845,7 @@ impl Node {
                 .users
                 .get(&owner)
                 .ok_or(AdminError::NotFound("user"))?;
-            let current = self
-                .state
-                .clients
-                .values()
-                .filter(|c| c.owner == Some(owner))
-                .count();
+            let current = self.state.clients_owned_by(owner);
             user.quota
                 .check_new_client(u32::try_from(current).unwrap_or(u32::MAX))?;
         }
@@ -1103,6 +1133,7 @@ impl Node {
             }
             return;
         }
+        let may_log_in = self.may_log_in(client);
         let record = self.state.clients.get(&client);
         let Some(slot) = self.slots.get_mut(&conn).and_then(|s| s.session.accepted()) else {
             return;
@@ -1111,7 +1142,7 @@ impl Node {
             Some(r) if r.status == ClientStatus::Banned => {
                 slot.refuse(RefuseReason::Banned, "this client is banned", None);
             }
-            Some(r) if r.may_log_in() => {
+            Some(r) if may_log_in => {
                 slot.provide_credentials(now, Some(r.auth_key.clone()), self.config_version);
             }
             _ => slot.provide_credentials(now, None, 0),
@@ -1596,14 +1627,16 @@ impl Node {
                     bytes_to_target,
                     bytes_to_entry,
                     ..
-                } => self
-                    .outputs
-                    .push_back(NodeOutput::Notice(Notice::TunnelClosed {
-                        mapping,
-                        outcome,
-                        bytes_to_target,
-                        bytes_to_entry,
-                    })),
+                } => {
+                    self.record_traffic(&mapping, bytes_to_target, bytes_to_entry);
+                    self.outputs
+                        .push_back(NodeOutput::Notice(Notice::TunnelClosed {
+                            mapping,
+                            outcome,
+                            bytes_to_target,
+                            bytes_to_entry,
+                        }));
+                }
             }
         }
     }

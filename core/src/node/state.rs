@@ -25,8 +25,12 @@ pub struct ControlState {
 pub enum StateChange {
     /// Insert or replace a user.
     PutUser(User),
+    /// Remove a user (one that owns no clients or mappings).
+    DeleteUser(UserId),
     /// Insert or replace a client.
     PutClient(ClientRecord),
+    /// Remove a client (its mappings are deleted first, each by its own change).
+    DeleteClient(ClientId),
     /// Insert or replace a mapping.
     PutMapping(Mapping),
     /// Remove a mapping.
@@ -44,8 +48,14 @@ impl ControlState {
             StateChange::PutUser(user) => {
                 self.users.insert(user.id, user.clone());
             }
+            StateChange::DeleteUser(id) => {
+                self.users.remove(id);
+            }
             StateChange::PutClient(client) => {
                 self.clients.insert(client.id, client.clone());
+            }
+            StateChange::DeleteClient(id) => {
+                self.clients.remove(id);
             }
             StateChange::PutMapping(mapping) => {
                 self.mappings.insert(mapping.id.clone(), mapping.clone());
@@ -63,8 +73,9 @@ impl ControlState {
     }
 
     /// The changes that turn `self` into `target`: puts for what is new or different, deletes
-    /// for mappings and codes `target` no longer has. Users and clients are never deleted (there
-    /// is no such change), so one missing from `target` stays.
+    /// for what `target` no longer has. Puts come first (users before the clients and mappings
+    /// that name them) and deletes last (mappings and codes before the clients and users they
+    /// name), so no intermediate state has a dangling owner.
     pub fn changes_to(&self, target: &ControlState) -> Vec<StateChange> {
         let mut changes = Vec::new();
         for (id, user) in &target.users {
@@ -97,12 +108,30 @@ impl ControlState {
                 changes.push(StateChange::DeleteCode(code.clone()));
             }
         }
+        for id in self.clients.keys() {
+            if !target.clients.contains_key(id) {
+                changes.push(StateChange::DeleteClient(*id));
+            }
+        }
+        for id in self.users.keys() {
+            if !target.users.contains_key(id) {
+                changes.push(StateChange::DeleteUser(*id));
+            }
+        }
         changes
     }
 
     /// Mappings in which `client` takes part (as listen or target side).
     pub fn mappings_of(&self, client: ClientId) -> impl Iterator<Item = &Mapping> {
         self.mappings.values().filter(move |m| m.involves(client))
+    }
+
+    /// Clients owned by `owner`.
+    pub fn clients_owned_by(&self, owner: UserId) -> usize {
+        self.clients
+            .values()
+            .filter(|c| c.owner == Some(owner))
+            .count()
     }
 
     /// Mappings owned by `owner`.

@@ -226,6 +226,13 @@ impl TunnelTable {
         self.tunnels.is_empty()
     }
 
+    /// Each live tunnel's mapping and bytes so far (entry → target, target → entry).
+    pub fn live_bytes(&self) -> impl Iterator<Item = (&MappingId, u64, u64)> {
+        self.tunnels
+            .values()
+            .map(|t| (&t.mapping, t.bytes_to_target, t.bytes_to_entry))
+    }
+
     /// Live tunnels of `mapping`.
     pub fn active_for_mapping(&self, mapping: &MappingId) -> u32 {
         self.per_mapping.get(mapping).copied().unwrap_or(0)

@@ -111,10 +111,16 @@ impl EmbeddedStore {
                             .insert(user.id.0, encode(user)?.as_slice())
                             .map_err(redb::Error::from)?;
                     }
+                    StateChange::DeleteUser(id) => {
+                        users.remove(id.0).map_err(redb::Error::from)?;
+                    }
                     StateChange::PutClient(client) => {
                         clients
                             .insert(client.id.0, encode(client)?.as_slice())
                             .map_err(redb::Error::from)?;
+                    }
+                    StateChange::DeleteClient(id) => {
+                        clients.remove(id.0).map_err(redb::Error::from)?;
                     }
                     StateChange::PutMapping(mapping) => {
                         mappings

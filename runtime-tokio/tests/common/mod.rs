@@ -10,8 +10,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
 use tunnox_core::control::{ClientId, ClientSecret};
 use tunnox_core::rng::Rng;
+use tunnox_core::session::ClientIdentity;
+use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
+use tunnox_runtime_tokio::clock::Clock;
 use tunnox_runtime_tokio::node::NodeCommand;
 
 pub async fn echo_server() -> SocketAddr {
@@ -142,5 +146,39 @@ pub async fn many_connections(port: u16, count: u64) {
     }
     for t in tasks {
         t.await.unwrap();
+    }
+}
+
+/// Starts an agent logging in as `id` to `node_addr` and waits until its session is up; its
+/// outputs follow on the receiver.
+pub async fn start_agent(
+    node_addr: SocketAddr,
+    id: ClientId,
+    secret: &ClientSecret,
+    seed: u64,
+) -> mpsc::Receiver<AgentOutput> {
+    let clock = Clock::new();
+    let config = AgentConfig::new(
+        ClientIdentity::Login {
+            client_id: id.0,
+            key: secret.auth_key(),
+        },
+        1,
+    );
+    let agent = Agent::new(clock.now(), config, Rng::seed_from_u64(seed));
+    let (notices_tx, mut notices) = mpsc::channel(64);
+    let (_commands, _task) =
+        spawn_agent(AgentDriver::new(agent, clock, vec![node_addr], notices_tx));
+    // Keep the command sender alive for the test's duration.
+    std::mem::forget(_commands);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), notices.recv())
+            .await
+            .unwrap()
+        {
+            Some(AgentOutput::Established { .. }) => return notices,
+            Some(_) => {}
+            None => panic!("agent ended"),
+        }
     }
 }
