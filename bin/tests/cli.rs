@@ -440,7 +440,7 @@ fn the_api_needs_its_key_validates_bodies_and_manages_mappings() {
     );
     let (status, body) = http(&api, "GET", "/api/v1/mappings", key, None);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"data\":[]"), "{body}");
+    assert!(body.contains("\"items\":[],\"total\":0"), "{body}");
 
     // Bodies that are not JSON, or not a mapping, or an invalid one: 400, never 500.
     for bad in ["{", "[]", "{\"entry\": 1}", "{\"unknown\": true}"] {

@@ -26,7 +26,12 @@ const EVENTS: usize = 1024;
 
 /// Work run on the node's task with the node and the current time: the management API's reads
 /// and changes. The job answers through a channel of its own.
-pub struct NodeJob(Box<dyn FnOnce(&mut Node, tunnox_core::time::Instant) + Send>);
+pub struct NodeJob(Box<dyn JobFn>);
+
+/// What a [`NodeJob`] runs.
+trait JobFn: FnOnce(&mut Node, tunnox_core::time::Instant) + Send {}
+
+impl<F: FnOnce(&mut Node, tunnox_core::time::Instant) + Send> JobFn for F {}
 
 impl NodeJob {
     /// A job running `job`.

@@ -19,12 +19,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tunnox_core::agent::{Agent, AgentConfig, AgentOutput};
-use tunnox_core::control::{ClientId, ClientSecret, Entry, Mapping, MappingId};
+use tunnox_core::control::{ClientId, Entry, Mapping, MappingId};
 use tunnox_core::node::{ControlState, Node, NodeConfig};
 use tunnox_core::rng::Rng;
-use tunnox_core::session::ClientIdentity;
-use tunnox_runtime_tokio::agent::{AgentDriver, spawn_agent};
 use tunnox_runtime_tokio::clock::{Clock, wall_now};
 use tunnox_runtime_tokio::node::{self, NodeCommand, NodeDriver, spawn_node};
 
