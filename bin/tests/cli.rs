@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Proc, echo_service, echo_through, free_port, fresh_dir};
+use common::{Proc, echo_service, echo_through, free_port, fresh_dir, http};
 
 #[test]
 fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {
@@ -321,37 +321,6 @@ fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
     ]);
     assert!(!ok && stderr.contains("missing-ca.pem"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// One HTTP/1.1 request to `addr`: the status and the body.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: Option<&str>,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let auth = key
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// `GET path` on `addr`: the whole response.

@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Proc, echo_service, echo_through, free_port, fresh_dir};
+use common::{Proc, echo_service, echo_through, free_port, fresh_dir, http};
 
 /// Whether the service at `port` answers; skips (false) or fails as `TUNNOX_REQUIRE_SERVICES` says.
 fn service_up(name: &str, port: u16) -> bool {
@@ -35,6 +35,8 @@ fn service_up(name: &str, port: u16) -> bool {
 struct Node {
     proc: Proc,
     listen: String,
+    /// The management API's address and its admin key.
+    api: (String, String),
 }
 
 /// Writes a cluster CA and, signed by it, a bridge certificate for 127.0.0.1 for each node.
@@ -73,14 +75,17 @@ fn tls_block(dir: &Path, id: &str) -> String {
 fn start_node(dir: &Path, id: &str, prefix: &str, broker: &str, tls: bool) -> Node {
     let listen = format!("127.0.0.1:{}", free_port());
     let bridge = format!("127.0.0.1:{}", free_port());
+    let api = format!("127.0.0.1:{}", free_port());
     let config = dir.join(format!("{id}.yaml"));
     std::fs::write(
         &config,
         format!(
             "node_id: {id}\nlisten: {listen}\ntls: {{ insecure_plaintext: true }}\n\
+             api_listen: {api}\ndata_dir: {}\n\
              cluster:\n  bridge_listen: {bridge}\n  redis_url: redis://127.0.0.1:6379\n  \
              key_prefix: \"{prefix}\"\n  broker: {broker}\n  nats_url: nats://127.0.0.1:4222\n  \
              token_file: {}\n  lease_ms: 1000\n{}",
+            dir.join(id).display(),
             dir.join("token").display(),
             if tls {
                 tls_block(dir, id)
@@ -91,9 +96,15 @@ fn start_node(dir: &Path, id: &str, prefix: &str, broker: &str, tls: bool) -> No
     )
     .unwrap();
     let proc = Proc::spawn(&["server", "--config", config.to_str().unwrap()]);
+    let key_line = proc.wait_for("admin API key");
+    let key = key_line.rsplit(' ').next().unwrap().to_owned();
     proc.wait_for("cluster: bridge on");
     proc.wait_for(&format!("listening on {listen}"));
-    Node { proc, listen }
+    Node {
+        proc,
+        listen,
+        api: (api, key),
+    }
 }
 
 fn client(dir: &Path, name: &str, servers: &[&str], rest: &[&str]) -> Proc {
@@ -158,6 +169,7 @@ fn entry_on_one_node_target_on_another_and_failover(broker: &str, tls: bool) {
         echo_through(tunnel_port, 1 << 20),
         "1 MiB through node 1 → bridge → node 2 → target client, byte-exact"
     );
+    a_mapping_made_on_a_third_node_reaches_both_clients(&dir, &nodes[2], &service);
 
     // Node 2 dies; the target client moves to node 3; new streams follow it.
     let mut nodes = nodes;
@@ -174,6 +186,45 @@ fn entry_on_one_node_target_on_another_and_failover(broker: &str, tls: bool) {
     );
     drop((entry, target, nodes));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client id in a client's credentials file.
+fn client_id(dir: &Path, name: &str) -> u64 {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&text).unwrap();
+    saved["client_id"].as_u64().unwrap()
+}
+
+/// A mapping created through node 3's API between the entry client (on node 1) and the target
+/// client (on node 2) is pushed to both over the cluster and carries bytes; deleted through the
+/// same API, the entry client stops listening.
+fn a_mapping_made_on_a_third_node_reaches_both_clients(dir: &Path, api_node: &Node, service: &str) {
+    // `service` is the echo service's port on 127.0.0.1.
+    let (api, key) = (&api_node.api.0, Some(api_node.api.1.as_str()));
+    let port = free_port();
+    let (entry, target) = (client_id(dir, "entry"), client_id(dir, "target"));
+    let body = format!(
+        r#"{{"entry":{{"kind":"client_port","listen_client":{entry},"listen_addr":"127.0.0.1:{port}"}},
+            "target_client":{target},"target":{{"kind":"fixed","host":"127.0.0.1","port":{service}}}}}"#
+    );
+    let (status, answer) = http(api, "POST", "/api/v1/mappings", key, Some(&body));
+    assert_eq!(status, 201, "{answer}");
+    let created: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        echo_through(port, 256 * 1024),
+        "the mapping made on node 3 carries bytes from node 1's client to node 2's"
+    );
+    let (status, answer) = http(api, "DELETE", &format!("/api/v1/mappings/{id}"), key, None);
+    assert_eq!(status, 200, "{answer}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the entry client still listens 10 s after the mapping was deleted on node 3"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
