@@ -19,7 +19,21 @@ use crate::bridge::{BridgeLink, BridgeTls, LinkHello};
 use crate::clock::Clock;
 use crate::net::{Conn, Listener, Net, TokioNet};
 use crate::socket::{Framing, Outbox, SocketEvent, SocketId, SocketTable, Stuck};
-use crate::storage::EmbeddedStore;
+use crate::storage::{EmbeddedStore, StoreWriter};
+
+/// `held`, or else the next command from the channel.
+async fn next_command(
+    held: Option<NodeCommand>,
+    commands: &mut mpsc::Receiver<NodeCommand>,
+) -> Option<NodeCommand> {
+    match held {
+        Some(command) => Some(command),
+        None => commands.recv().await,
+    }
+}
+
+/// Most commands run back to back before the driver flushes (and commits their changes).
+const COMMANDS_PER_FLUSH: usize = 64;
 
 /// Capacity of the driver's event channel (socket readers wait when it is full).
 const EVENTS: usize = 1024;
@@ -248,6 +262,10 @@ pub struct NodeDriver {
     node: Node,
     clock: Clock,
     store: Option<EmbeddedStore>,
+    /// Writes `store` off the node's task (started when the driver runs).
+    writer: Option<StoreWriter>,
+    /// Changes to hand to the writer at the end of this flush.
+    unpersisted: Vec<StateChange>,
     sockets: SocketTable<Kind>,
     events: mpsc::Receiver<SocketEvent>,
     visitors_tx: mpsc::Sender<VisitorAccept>,
@@ -289,6 +307,8 @@ impl NodeDriver {
             node,
             clock,
             store,
+            writer: None,
+            unpersisted: Vec::new(),
             sockets: SocketTable::new(events_tx),
             events,
             visitors_tx,
@@ -361,8 +381,11 @@ impl NodeDriver {
         mut listener: Box<dyn Listener>,
         mut commands: mpsc::Receiver<NodeCommand>,
     ) {
+        self.writer = self.store.take().map(StoreWriter::spawn);
         self.flush();
         let mut draining: Option<(tunnox_core::time::Instant, oneshot::Sender<()>)> = None;
+        // A shutdown or drain met while running a burst of commands, for the next turn.
+        let mut held: Option<NodeCommand> = None;
         let mut sample = tokio::time::interval(std::time::Duration::from_secs(1));
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -377,9 +400,10 @@ impl NodeDriver {
             let drain_deadline = draining.as_ref().map(|(until, _)| *until);
             let deadline = tunnox_core::time::earliest(self.node.poll_timeout(), drain_deadline)
                 .map(|t| self.clock.deadline(t));
+            let next = held.take();
             tokio::select! {
                 biased;
-                command = commands.recv() => match command {
+                command = next_command(next, &mut commands) => match command {
                     Some(NodeCommand::Shutdown) | None => break,
                     Some(NodeCommand::Drain { within, done }) => {
                         let now = self.clock.now();
@@ -387,7 +411,22 @@ impl NodeDriver {
                         self.node.drain(now, Some(until));
                         draining = Some((until, done));
                     }
-                    Some(command) => self.on_command(command),
+                    Some(command) => {
+                        self.on_command(command);
+                        // Commands that are already waiting (a burst of API calls) run before
+                        // the flush, so their changes share one store commit. Shutdown and
+                        // drain wait for the next turn of the loop.
+                        for _ in 0..COMMANDS_PER_FLUSH {
+                            match commands.try_recv() {
+                                Ok(command @ (NodeCommand::Shutdown | NodeCommand::Drain { .. })) => {
+                                    held = Some(command);
+                                    break;
+                                }
+                                Ok(command) => self.on_command(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                 },
                 Some(event) = self.events.recv() => self.on_socket_event(event),
                 accepted = listener.accept() => {
@@ -444,6 +483,10 @@ impl NodeDriver {
         }
         // Stopping closes every connection at once, so clients notice and reconnect.
         self.sockets.abort_all();
+        // Every change made is written before the node counts as stopped.
+        if let Some(writer) = self.writer.take() {
+            writer.finish().await;
+        }
     }
 
     fn on_command(&mut self, command: NodeCommand) {
@@ -590,9 +633,25 @@ impl NodeDriver {
                 self.write(id, chunks);
             }
             let Some(output) = self.node.poll_output() else {
-                return;
+                break;
             };
             self.on_output(output);
+        }
+        self.persist_pending();
+    }
+
+    /// Hands the changes gathered since the last flush to the store's writer (which commits
+    /// whatever queued up together, off this task), then tells the cluster, in order.
+    fn persist_pending(&mut self) {
+        if self.unpersisted.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.unpersisted);
+        if let Some(writer) = &self.writer {
+            writer.write(changes.clone());
+        }
+        for change in changes {
+            self.tell_cluster(ClusterEvent::Persisted(change));
         }
     }
 
@@ -684,14 +743,7 @@ impl NodeDriver {
                 }
                 LocalOutput::ResumeRead { local } => self.feed_visitor(local),
             },
-            NodeOutput::Persist(change) => {
-                if let Some(store) = &self.store {
-                    // A failed write is not acknowledged durable; the node keeps serving from
-                    // memory (the storage issue adds a degraded mode and metrics).
-                    let _ = store.apply(std::slice::from_ref(&change));
-                }
-                self.tell_cluster(ClusterEvent::Persisted(change));
-            }
+            NodeOutput::Persist(change) => self.unpersisted.push(change),
             NodeOutput::DialPeer { peer } => self.dial(peer),
             NodeOutput::LookupRoute { client } => {
                 self.tell_cluster(ClusterEvent::LookupRoute(client));

@@ -67,6 +67,55 @@ fn decode<T: DeserializeOwned>(
     Ok(stored.value)
 }
 
+/// Writes changes to an [`EmbeddedStore`] on a thread of its own, so the node's task never
+/// waits for a commit: whatever changes queue up while one commit runs go into the next
+/// (group commit). Changes are written in the order they were sent; [`StoreWriter::finish`]
+/// waits until every one has been written.
+#[derive(Debug)]
+pub struct StoreWriter {
+    changes: std::sync::mpsc::Sender<Vec<StateChange>>,
+    thread: tokio::task::JoinHandle<()>,
+}
+
+impl StoreWriter {
+    /// Most changes in one commit.
+    const BATCH_MAX: usize = 4096;
+
+    /// Starts writing to `store`.
+    pub fn spawn(store: EmbeddedStore) -> StoreWriter {
+        let (changes, queue) = std::sync::mpsc::channel::<Vec<StateChange>>();
+        let thread = tokio::task::spawn_blocking(move || {
+            while let Ok(mut batch) = queue.recv() {
+                while batch.len() < StoreWriter::BATCH_MAX {
+                    match queue.try_recv() {
+                        Ok(more) => batch.extend(more),
+                        Err(_) => break,
+                    }
+                }
+                // A failed write is not acknowledged durable; the node keeps serving from
+                // memory.
+                if let Err(e) = store.apply(&batch) {
+                    eprintln!("the store refused {} changes: {e}", batch.len());
+                }
+            }
+        });
+        StoreWriter { changes, thread }
+    }
+
+    /// Queues `changes` for the next commit.
+    pub fn write(&self, changes: Vec<StateChange>) {
+        // The thread ends only after the sender is dropped, so this cannot fail while `self`
+        // lives.
+        let _ = self.changes.send(changes);
+    }
+
+    /// Waits until every queued change is written.
+    pub async fn finish(self) {
+        drop(self.changes);
+        let _ = self.thread.await;
+    }
+}
+
 /// The node's control state in one redb file.
 #[derive(Debug)]
 pub struct EmbeddedStore {

@@ -22,7 +22,7 @@ mod redis_link;
 mod redis_store;
 pub mod remote;
 
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreWriter};
 pub use embedded_kv::EmbeddedKv;
 pub use error::StorageError;
 pub use hybrid::{HybridStats, HybridStorage};
