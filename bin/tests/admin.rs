@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{Proc, echo_service, echo_through, free_port, fresh_dir};
+use common::{Proc, ca_and_certificate, echo_service, echo_through, free_port, fresh_dir};
 
 const KEY: &str = "admin-test-key-0123456789";
 
@@ -518,4 +518,113 @@ fn codes_stats_and_nodes() {
     assert_eq!(node.json(&["nodes", "get", id])["id"], id);
     assert_eq!(node.admin(&["nodes", "get", "no-such-node"]).code, 7);
     let _ = std::fs::remove_dir_all(&node.dir);
+}
+
+/// An https server on 127.0.0.1 with `cert_pem` for `localhost`, answering every request with
+/// `body` in a 200; its port.
+fn https_server(cert_pem: &str, key_pem: &str, body: &'static str) -> u16 {
+    use std::io::Read;
+    use std::sync::Arc;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{ServerConfig, ServerConnection, StreamOwned, crypto};
+
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().map_while(Result::ok) {
+            let connection = ServerConnection::new(config.clone()).unwrap();
+            let mut tls = StreamOwned::new(connection, tcp);
+            // A client that refuses the certificate ends the handshake here.
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match tls.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if head.ends_with(b"\r\n\r\n") {
+                let _ = write!(
+                    tls,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn https_is_verified_against_a_ca_file_or_the_system_roots() {
+    let dir = fresh_dir("tunnox-admin-https");
+    let (ca_pem, cert_pem, key_pem) = ca_and_certificate("localhost");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let port = https_server(
+        &cert_pem,
+        &key_pem,
+        r#"{"success":true,"data":{"items":[{"id":"n1","addr":null,"bridge_addr":null,
+            "self":true,"clients_online":0}],"total":1,"offset":0,"limit":50},
+            "error":null,"code":0}"#,
+    );
+    let url = format!("https://localhost:{port}");
+    let key = [("TUNNOX_API_KEY", KEY)];
+
+    let trusted = run_admin(
+        &dir,
+        &[
+            "--api",
+            &url,
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "nodes",
+            "list",
+        ],
+        &key,
+        None,
+    );
+    trusted.assert_ok(&["nodes", "list"]);
+    assert!(
+        trusted.stdout.lines().nth(1).unwrap().starts_with("n1 "),
+        "{trusted:?}"
+    );
+
+    // The system's roots do not include this CA: the certificate is refused, nothing is sent.
+    let refused = run_admin(&dir, &["--api", &url, "nodes", "list"], &key, None);
+    assert_eq!(refused.code, 3, "{refused:?}");
+    assert!(
+        refused.stderr.contains(&url) && refused.stderr.contains("certificate"),
+        "{refused:?}"
+    );
+
+    // A CA file for a plain-http URL is a mistake worth saying.
+    let plain = run_admin(
+        &dir,
+        &[
+            "--api",
+            "http://127.0.0.1:1",
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "nodes",
+            "list",
+        ],
+        &key,
+        None,
+    );
+    assert_eq!(plain.code, 2, "{plain:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
