@@ -32,7 +32,7 @@ pub struct AdminArgs {
     #[command(flatten)]
     connection: ConnectionArgs,
     /// Print the answer's data as pretty JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Admin options")]
     json: bool,
     /// What to manage.
     #[command(subcommand)]

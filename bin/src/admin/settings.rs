@@ -33,7 +33,8 @@ pub struct ConnectionArgs {
         long = "api",
         env = "TUNNOX_API_URL",
         value_name = "URL",
-        global = true
+        global = true,
+        help_heading = "Admin options"
     )]
     api_url: Option<String>,
     /// The API key [config: api_key or api_key_file]. Prefer the variable or the config file:
@@ -43,18 +44,30 @@ pub struct ConnectionArgs {
         env = "TUNNOX_API_KEY",
         hide_env_values = true,
         value_name = "KEY",
-        global = true
+        global = true,
+        help_heading = "Admin options"
     )]
     key: Option<Secret>,
     /// The config file [default: ~/.config/tunnox/admin.yaml, if it exists].
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Admin options"
+    )]
     config: Option<PathBuf>,
     /// Trust the API's https certificate through the CAs in this PEM file instead of the
     /// system's [config: ca_file].
-    #[arg(long, value_name = "FILE", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        global = true,
+        help_heading = "Admin options"
+    )]
     ca_file: Option<PathBuf>,
     /// Give up on a request after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30, global = true,
+          help_heading = "Admin options",
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout_secs: u64,
 }
