@@ -8,9 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{
-    Proc, ca_and_certificate, echo_service, echo_through, free_port, fresh_dir, http,
-};
+use common::{Proc, ca_and_certificate, echo_service, echo_through, free_port, fresh_dir, http};
 
 #[test]
 fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {

@@ -98,6 +98,11 @@ fn columns() -> [Column; 7] {
     ]
 }
 
+/// A code's state: `unused`, `used` or `revoked` (the API gives core's `{state, …}` form).
+fn code_state(state: &serde_json::Value) -> String {
+    text(state.get("state").unwrap_or(state))
+}
+
 /// Runs one `codes` command.
 pub async fn run(command: CodesCommand, api: &Api, out: &mut Output) -> Result<(), AdminError> {
     match command {
