@@ -85,7 +85,7 @@ fn columns() -> [Column; 7] {
         },
         Column {
             title: "STATE",
-            cell: |c| text(&c["state"]),
+            cell: |c| code_state(&c["state"]),
         },
         Column {
             title: "DEADLINE",
