@@ -90,10 +90,11 @@ pub enum ClientAction {
     },
 }
 
+/// A client's saved id and secret (`--credentials`).
 #[derive(serde::Serialize, serde::Deserialize)]
-struct SavedCredentials {
-    client_id: u64,
-    secret: String,
+pub(crate) struct SavedCredentials {
+    pub(crate) client_id: u64,
+    pub(crate) secret: String,
 }
 
 fn load_credentials(path: &Path) -> anyhow::Result<Option<SavedCredentials>> {
@@ -107,7 +108,8 @@ fn load_credentials(path: &Path) -> anyhow::Result<Option<SavedCredentials>> {
     }
 }
 
-fn save_credentials(path: &Path, saved: &SavedCredentials) -> anyhow::Result<()> {
+/// Writes `saved` to `path`, readable only by its owner.
+pub(crate) fn save_credentials(path: &Path, saved: &SavedCredentials) -> anyhow::Result<()> {
     use std::io::Write;
     let json = serde_json::to_vec_pretty(saved)?;
     let mut options = std::fs::OpenOptions::new();

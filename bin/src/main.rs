@@ -3,6 +3,7 @@
 // A command-line program: printing to stdout is its job.
 #![allow(clippy::print_stdout)]
 
+mod admin;
 mod client;
 mod config;
 mod quickstart;
@@ -10,7 +11,8 @@ mod server;
 mod sim;
 mod storage_server;
 
-use anyhow::bail;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
 /// tunnox: NAT traversal and port mapping with clustered nodes.
@@ -39,8 +41,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a client that keeps a session to a node and serves its mappings.
     Client(client::ClientArgs),
-    /// Manage users, clients and mappings through a node's API.
-    Admin,
+    /// Manage users, clients, mappings, codes and nodes through a node's management API.
+    Admin(admin::AdminArgs),
     /// Run one deterministic simulation and print its summary.
     Sim(sim::SimArgs),
     /// Serve the StorageService over the embedded store.
@@ -49,43 +51,25 @@ enum Command {
     Quickstart,
 }
 
-impl Command {
-    /// The issue that builds this command, for commands that are not built yet.
-    fn pending_issue(&self) -> Option<(&'static str, &'static str)> {
-        Some(match self {
-            Command::Sim(_) => return None,
-            Command::Server(_) | Command::Client(_) => return None,
-            Command::Admin => ("admin", "the management API issue (#6)"),
-            Command::StorageServer(_) | Command::Quickstart => return None,
-        })
-    }
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let Some((name, issue)) = cli.command.pending_issue() else {
-        let threads = usize::from(cli.threads);
-        let runtime = || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .enable_all()
-                .build()
-        };
-        return match cli.command {
-            Command::Sim(args) => sim::main(args),
-            Command::Server(args) => runtime()?.block_on(server::run(args)),
-            Command::Client(args) => runtime()?.block_on(client::run(args)),
-            Command::StorageServer(args) => runtime()?.block_on(storage_server::run(args)),
-            _ => {
-                let report = runtime()?.block_on(quickstart::run())?;
-                quickstart::print(&report);
-                Ok(())
-            }
-        };
+    let threads = usize::from(cli.threads);
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
     };
-    bail!(
-        "`tunnox {name}` is not built yet: it arrives with {issue}. \
-         What runs today: `tunnox server`, `tunnox client`, `tunnox quickstart`, `tunnox sim`, \
-         `tunnox storage-server`."
-    )
+    match cli.command {
+        Command::Sim(args) => sim::main(args)?,
+        Command::Server(args) => runtime()?.block_on(server::run(args))?,
+        Command::Client(args) => runtime()?.block_on(client::run(args))?,
+        Command::Admin(args) => return Ok(runtime()?.block_on(admin::run(args))),
+        Command::StorageServer(args) => runtime()?.block_on(storage_server::run(args))?,
+        Command::Quickstart => {
+            let report = runtime()?.block_on(quickstart::run())?;
+            quickstart::print(&report);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{Proc, echo_service, echo_through, free_port, fresh_dir, http};
+use common::{Proc, ca_and_certificate, echo_service, echo_through, free_port, fresh_dir, http};
 
 #[test]
 fn server_and_clients_tunnel_a_service_through_a_connection_code_and_survive_a_restart() {
@@ -164,21 +164,6 @@ fn a_node_port_mapping_from_the_config_file_reaches_a_registered_client() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A CA certificate (PEM) and, signed by it, a certificate for `node.test` and its key (PEM).
-fn ca_and_node_certificate() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let node_key = KeyPair::generate().unwrap();
-    let node_cert = CertificateParams::new(vec!["node.test".to_owned()])
-        .unwrap()
-        .signed_by(&node_key, &Issuer::new(ca_params, ca_key))
-        .unwrap();
-    (ca_cert.pem(), node_cert.pem(), node_key.serialize_pem())
-}
-
 /// Runs `tunnox ARGS` to its end; returns whether it succeeded and its stderr.
 fn run_to_end(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_tunnox"))
@@ -192,7 +177,7 @@ fn run_to_end(args: &[&str]) -> (bool, String) {
 #[test]
 fn a_node_with_a_configured_certificate_is_trusted_through_its_ca_under_the_server_name() {
     let dir = fresh_dir("tunnox-cli-ca");
-    let (ca_pem, cert_pem, key_pem) = ca_and_node_certificate();
+    let (ca_pem, cert_pem, key_pem) = ca_and_certificate("node.test");
     let (ca, cert, key) = (
         dir.join("ca.pem"),
         dir.join("node.pem"),
@@ -254,8 +239,8 @@ fn a_node_with_a_configured_certificate_is_trusted_through_its_ca_under_the_serv
 #[test]
 fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
     let dir = fresh_dir("tunnox-cli-tls-errors");
-    let (ca_pem, cert_pem, _) = ca_and_node_certificate();
-    let (_, _, other_key_pem) = ca_and_node_certificate();
+    let (ca_pem, cert_pem, _) = ca_and_certificate("node.test");
+    let (_, _, other_key_pem) = ca_and_certificate("node.test");
     let (ca, cert, other_key) = (
         dir.join("ca.pem"),
         dir.join("node.pem"),

@@ -180,3 +180,18 @@ pub fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A CA certificate (PEM) and, signed by it, a certificate for `name` and its key (PEM).
+pub fn ca_and_certificate(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .signed_by(&key, &Issuer::new(ca_params, ca_key))
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
