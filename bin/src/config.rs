@@ -40,6 +40,9 @@ pub struct ServerFile {
     /// Handshake rate limit and failed-login lockout.
     #[serde(default)]
     pub guard: GuardFile,
+    /// Bounds on what clients may hold: connections, handshake time, streams, pending opens.
+    #[serde(default)]
+    pub limits: LimitsFile,
     /// Mappings to serve: created or updated at every start (removing one from the file does
     /// not delete it; the management API will).
     #[serde(default)]
@@ -56,34 +59,82 @@ pub enum StorageKind {
     Memory,
 }
 
+/// A whole number from `MIN` to `MAX`: anything else in the file is an error naming the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<'de, const MIN: u64, const MAX: u64> serde::Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The check runs inside the visitor, so the YAML error carries the key and position.
+        struct InRange<const MIN: u64, const MAX: u64>;
+        impl<const MIN: u64, const MAX: u64> InRange<MIN, MAX> {
+            fn check<E: serde::de::Error>(value: i128) -> Result<Bounded<MIN, MAX>, E> {
+                match u64::try_from(value) {
+                    Ok(v) if (MIN..=MAX).contains(&v) => Ok(Bounded(v)),
+                    _ => Err(E::invalid_value(
+                        serde::de::Unexpected::Other(&value.to_string()),
+                        &Self,
+                    )),
+                }
+            }
+        }
+        impl<const MIN: u64, const MAX: u64> serde::de::Visitor<'_> for InRange<MIN, MAX> {
+            type Value = Bounded<MIN, MAX>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a whole number from {MIN} to {MAX}")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Self::check(i128::from(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Self::check(i128::from(v))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Self::Value, E> {
+                Self::check(v)
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Self::Value, E> {
+                Self::check(i128::try_from(v).unwrap_or(i128::MAX))
+            }
+        }
+        deserializer.deserialize_i128(InRange::<MIN, MAX>)
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    /// The value as a `u32` (every bound used here fits).
+    fn as_u32(self) -> u32 {
+        u32::try_from(self.0).unwrap_or(u32::MAX)
+    }
+}
+
 /// `guard:` settings; each absent key keeps its default.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuardFile {
     /// New connections one address may open at once [64].
-    pub handshake_burst: Option<u32>,
+    pub handshake_burst: Option<Bounded<1, 100_000>>,
     /// New connections one address gains per second [16].
-    pub handshakes_per_sec: Option<u32>,
+    pub handshakes_per_sec: Option<Bounded<1, 100_000>>,
     /// Failed logins of one client from one address before it is locked out there [5].
-    pub failed_logins_max: Option<u32>,
+    pub failed_logins_max: Option<Bounded<1, 10_000>>,
     /// How long such a lockout lasts, in seconds [300].
-    pub lockout_secs: Option<u64>,
+    pub lockout_secs: Option<Bounded<1, 604_800>>,
 }
 
 impl GuardFile {
     /// The node's guard settings with these overrides.
     pub fn apply(&self, guard: &mut tunnox_core::node::GuardConfig) {
         if let Some(v) = self.handshake_burst {
-            guard.handshake_burst = v.max(1);
+            guard.handshake_burst = v.as_u32();
         }
         if let Some(v) = self.handshakes_per_sec {
-            guard.handshakes_per_sec = v.max(1);
+            guard.handshakes_per_sec = v.as_u32();
         }
         if let Some(v) = self.failed_logins_max {
-            guard.failed_proofs_max = v.max(1);
+            guard.failed_proofs_max = v.as_u32();
         }
         if let Some(v) = self.lockout_secs {
-            guard.lockout = std::time::Duration::from_secs(v);
+            guard.lockout = std::time::Duration::from_secs(v.0);
         }
     }
 }
@@ -118,6 +169,46 @@ pub struct ApiKeyFile {
     pub sha256: String,
     /// `admin` (everything) or `read` (GET only).
     pub role: tunnox_runtime_tokio::api::Role,
+}
+
+/// `limits:` settings; each absent key keeps its default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Most client connections at once, handshaking or established [10000].
+    pub client_connections_max: Option<Bounded<1, 1_000_000>>,
+    /// Seconds from accept by which TLS and the session handshake must be done [10].
+    pub handshake_timeout_secs: Option<Bounded<1, 300>>,
+    /// Most streams open at once on one session, both directions together [65536].
+    pub streams_per_session: Option<Bounded<1, 1_000_000>>,
+    /// Most stream opens awaiting an answer on one session, each direction [256].
+    pub pending_opens_per_session: Option<Bounded<1, 65_536>>,
+}
+
+impl LimitsFile {
+    /// The node's settings with these overrides.
+    pub fn apply(&self, config: &mut tunnox_core::node::NodeConfig) {
+        if let Some(v) = self.handshake_timeout_secs {
+            config.session.handshake_timeout = std::time::Duration::from_secs(v.0);
+        }
+        if let Some(v) = self.streams_per_session {
+            config.session.mux.max_streams = v.as_u32();
+        }
+        if let Some(v) = self.pending_opens_per_session {
+            // The client's opens waiting for their target, and the node's opens waiting for
+            // the client.
+            config.session.mux.max_pending_accepts = v.as_u32();
+            config.session.mux.max_pending_opens = v.as_u32();
+        }
+    }
+
+    /// Most client connections at once.
+    pub fn client_connections_max(&self) -> usize {
+        self.client_connections_max.map_or(
+            tunnox_runtime_tokio::node::CLIENT_CONNECTIONS_MAX_DEFAULT,
+            |v| usize::try_from(v.0).unwrap_or(usize::MAX),
+        )
+    }
 }
 
 /// `cluster:` settings (docs/cluster.md).
@@ -391,5 +482,61 @@ mappings:
             .unwrap_err()
             .to_string();
         assert!(err.contains("burst"), "{err}");
+        let err = ServerFile::parse("guard:\n  handshake_burst: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("guard.handshake_burst") && err.contains("from 1 to"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_keys_set_the_node_and_zero_or_absurd_values_are_errors_naming_the_key() {
+        let file = ServerFile::parse(
+            "limits:\n  handshake_timeout_secs: 3\n  streams_per_session: 100\n  \
+             pending_opens_per_session: 8\n  client_connections_max: 50\n",
+        )
+        .unwrap();
+        let mut config = tunnox_core::node::NodeConfig::new("n");
+        file.limits.apply(&mut config);
+        assert_eq!(
+            config.session.handshake_timeout,
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(config.session.mux.max_streams, 100);
+        assert_eq!(config.session.mux.max_pending_opens, 8);
+        assert_eq!(config.session.mux.max_pending_accepts, 8);
+        assert_eq!(config.session.mux.validate(), Ok(()));
+        assert_eq!(file.limits.client_connections_max(), 50);
+        // Absent keys keep the defaults.
+        let defaults = ServerFile::parse("node_id: a\n").unwrap();
+        let mut config = tunnox_core::node::NodeConfig::new("n");
+        defaults.limits.apply(&mut config);
+        assert_eq!(
+            config.session,
+            tunnox_core::node::NodeConfig::new("n").session
+        );
+        for (key, value) in [
+            ("handshake_timeout_secs", "0"),
+            ("handshake_timeout_secs", "86400"),
+            ("streams_per_session", "0"),
+            ("streams_per_session", "-1"),
+            ("streams_per_session", "99999999999"),
+            ("pending_opens_per_session", "0"),
+            ("client_connections_max", "0"),
+        ] {
+            let err = ServerFile::parse(&format!("limits:\n  {key}: {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("limits.{key}")) && err.contains("from 1 to"),
+                "{key}: {value}: {err}"
+            );
+        }
+        let err = ServerFile::parse("limits: { streams: 5 }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("streams"), "{err}");
     }
 }

@@ -359,6 +359,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = NodeConfig::new(node_id.clone());
     config.allow_registration = allow_registration;
     file.guard.apply(&mut config.guard);
+    file.limits.apply(&mut config);
     if let Some(cluster) = &cluster {
         config.cluster = Some(ClusterConfig {
             key: cluster.key.clone(),
@@ -372,7 +373,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         node.put_mapping(clock.now(), mapping)
             .with_context(|| format!("configured mapping {name}"))?;
     }
-    let mut driver = NodeDriver::new(node, clock, store, &node_port_bind);
+    let mut driver = NodeDriver::new(node, clock, store, &node_port_bind)
+        .with_client_connections_max(file.limits.client_connections_max());
     let ready = Arc::new(AtomicBool::new(false));
     // The API is served once the node runs (its routes talk to the node).
     let mut api = None;

@@ -480,3 +480,50 @@ fn the_api_needs_its_key_validates_bodies_and_manages_mappings() {
     assert!(!again.sees("admin API key", Duration::from_secs(2)));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn configured_limits_take_effect_and_a_zero_or_absurd_one_stops_the_start_naming_the_key() {
+    let dir = fresh_dir("tunnox-cli-limits");
+    let config = |limits: &str| {
+        let path = dir.join("tunnox.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:{}\nstorage: memory\ntls: {{ insecure_plaintext: true }}\n\
+                 limits:\n{limits}",
+                free_port()
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    for (key, value) in [
+        ("handshake_timeout_secs", "0"),
+        ("streams_per_session", "5000000"),
+        ("pending_opens_per_session", "-3"),
+        ("client_connections_max", "0"),
+    ] {
+        let file = config(&format!("  {key}: {value}\n"));
+        let (ok, stderr) = run_to_end(&["server", "--config", &file]);
+        assert!(
+            !ok && stderr.contains(&format!("limits.{key}")) && stderr.contains(value),
+            "{key}: {value}: {stderr}"
+        );
+    }
+
+    // A one-second handshake timeout: a silent connection is closed well before the default 10 s.
+    let file = config("  handshake_timeout_secs: 1\n  streams_per_session: 16\n");
+    let server = Proc::spawn(&["server", "--config", &file]);
+    let line = server.wait_for("listening on");
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    let mut silent = std::net::TcpStream::connect(&addr).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = std::io::Read::read_to_end(&mut silent, &mut buf);
+    assert!(
+        read.is_ok(),
+        "the node did not close a silent connection: {read:?}"
+    );
+}

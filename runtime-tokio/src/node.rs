@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -253,8 +254,19 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
-/// How long a client has to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long accepting pauses after the listener fails (out of file descriptors, say), so a
+/// persistent failure does not spin the node's task.
+const ACCEPT_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Most client connections at once (handshaking or established) unless configured otherwise.
+pub const CLIENT_CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+
+/// A client connection whose TLS handshake finished, with when it was accepted.
+type Secured = (
+    tokio_rustls::server::TlsStream<Conn>,
+    SocketAddr,
+    tunnox_core::time::Instant,
+);
 
 /// A node driven by tokio (see the module docs).
 #[derive(Debug)]
@@ -275,8 +287,12 @@ pub struct NodeDriver {
     default_bind: String,
     /// TLS for client sessions (None = plain TCP, for tests and loopback only).
     tls: Option<ServerTls>,
-    secured_tx: mpsc::Sender<(tokio_rustls::server::TlsStream<Conn>, SocketAddr)>,
-    secured: mpsc::Receiver<(tokio_rustls::server::TlsStream<Conn>, SocketAddr)>,
+    secured_tx: mpsc::Sender<Secured>,
+    secured: mpsc::Receiver<Secured>,
+    /// TLS handshakes running in their own tasks (they count toward `client_connections_max`).
+    tls_in_flight: Arc<AtomicUsize>,
+    /// Most client connections at once, handshaking or established; more are closed at accept.
+    client_connections_max: usize,
     /// The network node ports and bridge dials use.
     net: Arc<dyn Net>,
     /// Prometheus metrics, if served.
@@ -302,6 +318,8 @@ impl NodeDriver {
             tls: None,
             secured_tx,
             secured,
+            tls_in_flight: Arc::new(AtomicUsize::new(0)),
+            client_connections_max: CLIENT_CONNECTIONS_MAX_DEFAULT,
             net: Arc::new(TokioNet),
             metrics: None,
             node,
@@ -357,6 +375,13 @@ impl NodeDriver {
         self
     }
 
+    /// Serves at most `max` client connections at once (handshaking or established, bridge
+    /// links included); a connection beyond it is closed as soon as it is accepted.
+    pub fn with_client_connections_max(mut self, max: usize) -> NodeDriver {
+        self.client_connections_max = max.max(1);
+        self
+    }
+
     /// Counts what happens into `metrics` (and samples the node's gauges once a second).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::NodeMetrics>) -> NodeDriver {
         self.metrics = Some(metrics);
@@ -388,6 +413,7 @@ impl NodeDriver {
         let mut held: Option<NodeCommand> = None;
         let mut sample = tokio::time::interval(std::time::Duration::from_secs(1));
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut accept_paused_until: Option<tokio::time::Instant> = None;
         loop {
             if let Some((until, _)) = &draining
                 && (self.node.connection_count() == 0 || self.clock.now() >= *until)
@@ -429,37 +455,19 @@ impl NodeDriver {
                     }
                 },
                 Some(event) = self.events.recv() => self.on_socket_event(event),
-                accepted = listener.accept() => {
-                    // Too many new connections from one address: dropped before any work (TLS).
-                    let accepted = accepted.ok().filter(|(_, addr)| {
-                        self.node.admit_address(self.clock.now(), addr.ip()).is_ok()
-                    });
-                    if let Some((stream, addr)) = accepted {
-                        match self.tls.clone() {
-                            None => {
-                                let id = self.sockets.add_conn(stream, Framing::Frames, Kind::Client);
-                                self.node.accept_connection_from(self.clock.now(), id, Some(addr.ip()));
-                            }
-                            // The handshake runs in its own task: the accept loop never waits on
-                            // a client.
-                            Some(ServerTls(acceptor)) => {
-                                let secured = self.secured_tx.clone();
-                                tokio::spawn(async move {
-                                    if let Conn::Tcp(tcp) = &stream {
-                                        let _ = tcp.set_nodelay(true);
-                                    }
-                                    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                                    if let Ok(Ok(tls)) = handshake.await {
-                                        let _ = secured.send((tls, addr)).await;
-                                    }
-                                });
-                            }
-                        }
+                accepted = listener.accept(), if accept_paused_until.is_none() => match accepted {
+                    Ok((stream, addr)) => self.on_client_accepted(stream, addr),
+                    Err(_) => {
+                        accept_paused_until = Some(tokio::time::Instant::now() + ACCEPT_RETRY_DELAY);
                     }
+                },
+                () = sleep_until(accept_paused_until), if accept_paused_until.is_some() => {
+                    accept_paused_until = None;
                 }
-                Some((tls, addr)) = self.secured.recv() => {
+                Some((tls, addr, accepted_at)) = self.secured.recv() => {
                     let id = self.sockets.add_stream(tls, Framing::Frames, Kind::Client);
-                    self.node.accept_connection_from(self.clock.now(), id, Some(addr.ip()));
+                    let now = self.clock.now();
+                    self.node.accept_connection_started_at(now, id, Some(addr.ip()), accepted_at);
                 }
                 Some(arrival) = recv_some(self.cluster.as_mut().map(|c| &mut c.arrivals)) => {
                     self.on_link(arrival);
@@ -487,6 +495,40 @@ impl NodeDriver {
         if let Some(writer) = self.writer.take() {
             writer.finish().await;
         }
+    }
+
+    /// A client connection was accepted: dropped at once if the node is full or its address
+    /// opens connections too fast (before any work, such as TLS), else served.
+    fn on_client_accepted(&mut self, stream: Conn, addr: SocketAddr) {
+        let open = self.node.connection_count() + self.tls_in_flight.load(Ordering::Relaxed);
+        if open >= self.client_connections_max {
+            return;
+        }
+        let now = self.clock.now();
+        if self.node.admit_address(now, addr.ip()).is_err() {
+            return;
+        }
+        let Some(ServerTls(acceptor)) = self.tls.clone() else {
+            let id = self.sockets.add_conn(stream, Framing::Frames, Kind::Client);
+            self.node.accept_connection_from(now, id, Some(addr.ip()));
+            return;
+        };
+        // The TLS handshake runs in its own task (the accept loop never waits on a client),
+        // within the one handshake timeout that the session handshake after it shares.
+        let secured = self.secured_tx.clone();
+        let timeout = self.node.handshake_timeout();
+        let in_flight = InFlight::start(&self.tls_in_flight);
+        tokio::spawn(async move {
+            if let Conn::Tcp(tcp) = &stream {
+                let _ = tcp.set_nodelay(true);
+            }
+            let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+            if let Ok(Ok(tls)) = handshake.await {
+                // Counted as in flight until the node owns the connection.
+                let _ = secured.send((tls, addr, now)).await;
+            }
+            drop(in_flight);
+        });
     }
 
     fn on_command(&mut self, command: NodeCommand) {
@@ -710,9 +752,16 @@ impl NodeDriver {
                     let Ok(mut listener) = bind.await else {
                         return;
                     };
-                    while let Ok((stream, peer)) = listener.accept().await {
-                        if visitors.send((port, stream, peer)).await.is_err() {
-                            return;
+                    loop {
+                        match listener.accept().await {
+                            Ok((stream, peer)) => {
+                                if visitors.send((port, stream, peer)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            // Out of file descriptors, say: the port keeps serving once it
+                            // passes, without spinning meanwhile.
+                            Err(_) => tokio::time::sleep(ACCEPT_RETRY_DELAY).await,
                         }
                     }
                 });
@@ -816,6 +865,22 @@ impl NodeDriver {
         if let Some(cluster) = &self.cluster {
             let _ = cluster.events.try_send(event);
         }
+    }
+}
+
+/// Counts one TLS handshake in flight while it lives.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

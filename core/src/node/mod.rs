@@ -386,11 +386,30 @@ impl Node {
         conn: ConnId,
         addr: Option<core::net::IpAddr>,
     ) {
-        let session = NodeSession::new(now, self.config.session.clone(), conn, &mut self.rng);
+        self.accept_connection_started_at(now, conn, addr, now);
+    }
+
+    /// [`Node::accept_connection_from`] for a connection accepted at `accepted_at` whose
+    /// transport handshake (TLS) has just finished: the session handshake must still end by
+    /// `accepted_at` plus the handshake timeout, so a slow TLS handshake buys no extra time.
+    pub fn accept_connection_started_at(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        addr: Option<core::net::IpAddr>,
+        accepted_at: Instant,
+    ) {
+        let session = NodeSession::new(now, self.config.session.clone(), conn, &mut self.rng)
+            .with_handshake_started_at(accepted_at.min(now));
         self.add_slot(now, conn, Link::Accepted(session), None);
         if let Some(slot) = self.slots.get_mut(&conn) {
             slot.addr = addr;
         }
+    }
+
+    /// How long a client has, from the accept, to finish its handshake (TLS included).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.config.session.handshake_timeout
     }
 
     /// The handshake guard (for metrics).

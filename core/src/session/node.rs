@@ -21,7 +21,7 @@ const MIN_CLIENT_NONCE_LEN: usize = 16;
 const MAX_CLIENT_NONCE_LEN: usize = 64;
 
 /// Settings of the node end of sessions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSessionConfig {
     /// This node's id, sent in Welcome.
     pub node_id: String,
@@ -156,6 +156,14 @@ impl NodeSession {
             peer_node: None,
             events: VecDeque::new(),
         }
+    }
+
+    /// Counts the handshake deadline from `started` (when the connection was accepted) instead
+    /// of from the session's creation, so that a transport handshake before it (TLS) and this
+    /// handshake together take no longer than one `handshake_timeout`.
+    pub fn with_handshake_started_at(mut self, started: Instant) -> NodeSession {
+        self.handshake_deadline = started + self.config.handshake_timeout;
+        self
     }
 
     /// This session's id.

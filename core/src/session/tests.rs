@@ -313,6 +313,21 @@ fn silent_or_trickling_clients_hit_the_handshake_timeout_not_earlier() {
 }
 
 #[test]
+fn a_session_started_after_a_slow_transport_handshake_keeps_the_deadline_from_the_accept() {
+    let mut rng = Rng::seed_from_u64(6);
+    let accepted = Instant::from_nanos(0);
+    let config = NodeSessionConfig::new("n");
+    let timeout = config.handshake_timeout;
+    // TLS took most of the timeout: the session gets only what is left.
+    let tls_done = accepted + timeout - Duration::from_secs(1);
+    let mut node =
+        NodeSession::new(tls_done, config, 1, &mut rng).with_handshake_started_at(accepted);
+    assert_eq!(node.poll_timeout(), Some(accepted + timeout));
+    node.handle_timeout(accepted + timeout);
+    assert_eq!(node.close_reason(), Some(&CloseReason::HandshakeTimeout));
+}
+
+#[test]
 fn heartbeats_keep_a_healthy_session_alive_and_a_silent_peer_is_declared_dead_on_time() {
     let mut pair = Pair::new(login(SECRET), 6);
     pair.step();
