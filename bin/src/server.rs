@@ -417,10 +417,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             events,
         ));
     }
-    println!(
-        "tunnox node {node_id} listening on {}",
-        listener.local_addr()?
-    );
+    if let Some(identity) = &identity {
+        driver = driver.with_tls(identity.acceptor()?);
+    }
+    // The node runs and counts as ready before the address is printed, so whoever waits for
+    // the line finds it serving.
+    let listen_addr = listener.local_addr()?;
+    let (commands, task) = spawn_node(driver, listener);
+    if let Some((listener, state)) = api {
+        let state = state.with_node(commands.clone());
+        tokio::spawn(async move {
+            if let Err(e) = tunnox_runtime_tokio::api::serve(listener, state).await {
+                eprintln!("the http endpoints stopped: {e}");
+            }
+        });
+    }
+    ready.store(true, Ordering::Relaxed);
+    println!("tunnox node {node_id} listening on {listen_addr}");
     match &identity {
         None => eprintln!("WARNING: client sessions are NOT encrypted (insecure plaintext)."),
         Some(identity) => {
@@ -435,7 +448,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
                      --ca-file CA.pem"
                 );
             }
-            driver = driver.with_tls(identity.acceptor()?);
         }
     }
     match (memory, coordinator.is_some()) {
@@ -443,16 +455,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (true, false) => println!("state: in memory (lost on restart)"),
         (false, false) => println!("state: {}", data_dir.join("tunnox.redb").display()),
     }
-    let (commands, task) = spawn_node(driver, listener);
-    if let Some((listener, state)) = api {
-        let state = state.with_node(commands.clone());
-        tokio::spawn(async move {
-            if let Err(e) = tunnox_runtime_tokio::api::serve(listener, state).await {
-                eprintln!("the http endpoints stopped: {e}");
-            }
-        });
-    }
-    ready.store(true, Ordering::Relaxed);
     let mut cluster_task = None;
     if let Some((coordinator, events)) = coordinator {
         let (stop, stopped) = oneshot::channel();
