@@ -687,8 +687,11 @@ impl NodeDriver {
             NodeOutput::Persist(change) => {
                 if let Some(store) = &self.store {
                     // A failed write is not acknowledged durable; the node keeps serving from
-                    // memory (the storage issue adds a degraded mode and metrics).
-                    let _ = store.apply(std::slice::from_ref(&change));
+                    // memory (counted, and the backend shown degraded, in the metrics).
+                    let result = store.apply(std::slice::from_ref(&change));
+                    if let Some(metrics) = &self.metrics {
+                        metrics.storage().operation("embedded", "apply", &result);
+                    }
                 }
                 self.tell_cluster(ClusterEvent::Persisted(change));
             }
