@@ -247,6 +247,19 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
                     args.credentials.display()
                 );
             }
+            AgentOutput::ConfigApplied {
+                version,
+                listening,
+                targets,
+            } => {
+                // One line per configuration the node pushed (its mappings changed), printed
+                // when it is applied and acknowledged: for operators, and for the config-push
+                // benchmark (bench/src/bin/config-push.rs), which times these lines.
+                println!(
+                    "config {version} applied: listening for {listening} mappings, target of \
+                     {targets}"
+                );
+            }
             AgentOutput::Disconnected { reason, retry_in } => {
                 eprintln!("disconnected: {reason}; reconnecting in {retry_in:?}");
             }

@@ -185,6 +185,7 @@ async fn start_cluster(
     file: &ClusterFile,
     node_id: &str,
     rng: &mut Rng,
+    metrics: &NodeMetrics,
 ) -> anyhow::Result<ClusterStart> {
     let token = match std::env::var("TUNNOX_CLUSTER_TOKEN") {
         Ok(token) => token,
@@ -236,7 +237,7 @@ async fn start_cluster(
     };
     let mut redis = RedisConfig::new(file.redis_url.clone());
     redis.key_prefix = prefix.clone();
-    let store = ClusterStore::open(&redis)?;
+    let store = ClusterStore::open(&redis)?.with_metrics(metrics.storage().clone());
     let kind = match file.broker {
         BrokerChoice::Redis => BrokerKind::Redis {
             url: file.redis_url.clone(),
@@ -261,6 +262,7 @@ async fn start_cluster(
     let broker = AnyBroker::connect(broker_config, origin, rng.fork())
         .await
         .context("connecting the cluster broker")?;
+    broker.report_to(metrics.broker().clone());
     Ok(ClusterStart {
         settings: ClusterSettings {
             node_id: node,
@@ -336,8 +338,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let mut rng = Rng::from_seed(os_seed()?);
+    // Counted from the start (storage and broker included), served if the API is.
+    let metrics = Arc::new(NodeMetrics::new());
     let cluster = match &file.cluster {
-        Some(cluster) => Some(start_cluster(cluster, &node_id, &mut rng).await?),
+        Some(cluster) => Some(start_cluster(cluster, &node_id, &mut rng, &metrics).await?),
         None => None,
     };
     // A clustered node's state is the cluster's, in Redis.
@@ -374,7 +378,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("configured mapping {name}"))?;
     }
     let mut driver = NodeDriver::new(node, clock, store, &node_port_bind)
-        .with_client_connections_max(file.limits.client_connections_max());
+        .with_client_connections_max(file.limits.client_connections_max())
+        .with_metrics(metrics.clone());
     let ready = Arc::new(AtomicBool::new(false));
     // The API is served once the node runs (its routes talk to the node).
     let mut api = None;
@@ -382,14 +387,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let listener = TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen for the API on {addr}"))?;
-        let metrics = Arc::new(NodeMetrics::new());
-        driver = driver.with_metrics(metrics.clone());
         println!(
             "http endpoints (/health, /ready, /version, /metrics, /api/v1) on {}",
             listener.local_addr()?
         );
-        let state =
-            ApiState::new(metrics, ready.clone()).with_auth(api_auth(&data_dir, &file.api)?);
+        let state = ApiState::new(metrics.clone(), ready.clone())
+            .with_auth(api_auth(&data_dir, &file.api)?);
         api = Some((listener, state));
     }
     let mut coordinator = None;
@@ -413,7 +416,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         });
         driver = driver.with_cluster(cluster.hello, cluster.tls, accepted, events_tx);
         coordinator = Some((
-            Coordinator::new_detached(cluster.settings, cluster.store, cluster.broker),
+            Coordinator::new_detached(cluster.settings, cluster.store, cluster.broker)
+                .with_metrics(metrics.storage().clone()),
             events,
         ));
     }

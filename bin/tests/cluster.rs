@@ -169,6 +169,7 @@ fn entry_on_one_node_target_on_another_and_failover(broker: &str, tls: bool) {
         echo_through(tunnel_port, 1 << 20),
         "1 MiB through node 1 → bridge → node 2 → target client, byte-exact"
     );
+    cross_node_metrics_moved(&nodes[0].api.0, tunnel_port);
     a_mapping_made_on_a_third_node_reaches_both_clients(&dir, &nodes[2], &service);
 
     // Node 2 dies; the target client moves to node 3; new streams follow it.
@@ -225,6 +226,57 @@ fn a_mapping_made_on_a_third_node_reaches_both_clients(dir: &Path, api_node: &No
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The value of the metric line starting with `name` (labels included), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// With a tunnel held open through node 1 to node 2, node 1's `/metrics` shows the stream on
+/// the bridge pool, the broker's traffic, the cluster storage's operations, the configuration
+/// acknowledgements and the tunnelled bytes by mapping.
+fn cross_node_metrics_moved(api: &str, tunnel_port: u16) {
+    use std::io::{Read, Write};
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", tunnel_port)).unwrap();
+    held.write_all(b"x").unwrap();
+    let mut echoed = [0u8; 1];
+    held.read_exact(&mut echoed).unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // the gauges' sampling interval
+    let (status, text) = http(api, "GET", "/metrics", None, None);
+    assert_eq!(status, 200, "{text}");
+    drop(held);
+    let at_least = |name: &str, least: f64| {
+        let value = metric(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        assert!(value >= least, "{name} = {value} < {least}\n{text}");
+    };
+    at_least("tunnox_bridge_links{peer=\"n2\"}", 1.0);
+    at_least("tunnox_bridge_pool_streams{peer=\"n2\"}", 1.0);
+    let utilisation = metric(&text, "tunnox_bridge_pool_utilisation{peer=\"n2\"}").unwrap();
+    assert!(utilisation > 0.0 && utilisation < 1.0, "{utilisation}");
+    at_least(
+        "tunnox_broker_published_total{topic=\"client.online\"}",
+        1.0,
+    );
+    at_least("tunnox_broker_received_total{topic=\"config.update\"}", 1.0);
+    at_least("tunnox_broker_connected", 1.0);
+    at_least(
+        "tunnox_storage_operations_total{backend=\"cluster\",op=\"hset\",result=\"ok\"}",
+        1.0,
+    );
+    at_least("tunnox_storage_degraded{backend=\"cluster\"}", 0.0);
+    // The entry client's configuration when it connected, and again with the redeemed mapping.
+    at_least("tunnox_config_push_ack_seconds_count", 2.0);
+    at_least("tunnox_streams_opened_total", 1.0);
+    let to_target: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("tunnox_mapping_bytes_total{") && l.contains("to_target"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(to_target >= f64::from(1 << 20), "{to_target}\n{text}");
 }
 
 #[test]

@@ -11,11 +11,11 @@ use tunnox_core::control::{
     ClientId, Entry, Mapping, MappingId, MappingOptions, MappingStatus, Protocol, Target,
     UnixMillis,
 };
-use tunnox_core::node::{ConnId, ControlState, Node, NodeConfig, NodeOutput};
+use tunnox_core::node::{ConnId, ControlState, Node, NodeConfig, NodeOutput, Notice};
 use tunnox_core::relay::{LocalId, LocalOutput};
 use tunnox_core::rng::Rng;
 use tunnox_core::session::{AuthKey, ClientIdentity, CloseReason};
-use tunnox_core::time::Instant;
+use tunnox_core::time::{Duration, Instant};
 use tunnox_core::tunnel::{DialFailure, OpenError};
 
 const WALL: UnixMillis = UnixMillis(1_700_000_000_000);
@@ -42,6 +42,10 @@ struct World {
     target_up: bool,
     stopped: Vec<(usize, CloseReason)>,
     responses: Vec<(usize, tunnox_proto::wire::ControlResponse)>,
+    /// Configuration acknowledgements the node timed: client, version, delay.
+    config_acks: Vec<(ClientId, u64, Duration)>,
+    /// Configurations the agents applied: agent, version, mappings listened for, targets.
+    config_applied: Vec<(usize, u64, usize, usize)>,
 }
 
 const NODE_SIDE: usize = usize::MAX;
@@ -66,6 +70,8 @@ impl World {
             target_up: true,
             stopped: Vec::new(),
             responses: Vec::new(),
+            config_acks: Vec::new(),
+            config_applied: Vec::new(),
         }
     }
 
@@ -216,6 +222,11 @@ impl World {
             }
             AgentOutput::Stopped { reason } => self.stopped.push((i, reason)),
             AgentOutput::ControlResponse(response) => self.responses.push((i, response)),
+            AgentOutput::ConfigApplied {
+                version,
+                listening,
+                targets,
+            } => self.config_applied.push((i, version, listening, targets)),
             _ => {}
         }
     }
@@ -256,6 +267,11 @@ impl World {
             NodeOutput::Visitor(LocalOutput::Close { local, reset }) => {
                 self.visitors.entry((NODE_SIDE, local)).or_default().closed = Some(reset);
             }
+            NodeOutput::Notice(Notice::ConfigAcked {
+                client,
+                version,
+                after,
+            }) => self.config_acks.push((client, version, after)),
             _ => {}
         }
     }
@@ -278,6 +294,71 @@ fn two_clients() -> (World, ClientId, ClientId) {
     assert!(w.agents.iter().all(Agent::is_established));
     assert_eq!(w.node.online_clients(), 2);
     (w, a, b)
+}
+
+#[test]
+fn config_pushes_are_applied_and_timed_from_push_to_acknowledgement() {
+    let (mut w, a, b) = two_clients();
+    // Each session got the current configuration (version 1) when it was established.
+    let sorted = |mut v: Vec<(ClientId, u64, Duration)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(w.config_acks.clone()),
+        sorted(vec![(a, 1, Duration::ZERO), (b, 1, Duration::ZERO)])
+    );
+    assert_eq!(w.config_applied, [(0, 1, 0, 0), (1, 1, 0, 0)]);
+    w.config_acks.clear();
+    w.config_applied.clear();
+
+    // A mapping reaches both clients 7 ms after it was made (the clock moves before delivery).
+    w.mapping(
+        Entry::ClientPort {
+            listen_client: a,
+            listen_addr: "127.0.0.1:13306".into(),
+        },
+        b,
+        1,
+    );
+    w.now = w.now + Duration::from_millis(7);
+    w.settle();
+    let after = Duration::from_millis(7);
+    assert_eq!(
+        sorted(w.config_acks.clone()),
+        sorted(vec![(a, 2, after), (b, 2, after)])
+    );
+    w.config_applied.sort();
+    assert_eq!(w.config_applied, [(0, 2, 1, 0), (1, 2, 0, 1)]);
+
+    // Two changes before either is delivered: each version is timed from its own push.
+    w.config_acks.clear();
+    w.mapping(
+        Entry::NodePort {
+            port: 8080,
+            bind: None,
+        },
+        b,
+        2,
+    );
+    w.now = w.now + Duration::from_millis(3);
+    w.mapping(
+        Entry::NodePort {
+            port: 8081,
+            bind: None,
+        },
+        b,
+        3,
+    );
+    w.now = w.now + Duration::from_millis(2);
+    w.settle();
+    assert_eq!(
+        w.config_acks,
+        [
+            (b, 3, Duration::from_millis(5)),
+            (b, 4, Duration::from_millis(2))
+        ]
+    );
 }
 
 #[test]

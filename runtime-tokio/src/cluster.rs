@@ -124,6 +124,12 @@ impl ClusterStore {
         })
     }
 
+    /// Counts every operation into `metrics` (backend `cluster`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::StorageMetrics) -> ClusterStore {
+        self.link.report_to(metrics);
+        self
+    }
+
     fn key(&self, suffix: &str) -> String {
         format!("{}cluster:{suffix}", self.prefix)
     }
@@ -362,6 +368,8 @@ pub struct Coordinator {
     unwritten: std::collections::VecDeque<StateChange>,
     /// Ticks since the shared state was last read whole.
     ticks_since_reread: u32,
+    /// Where route-cache lookups and the write backlog are counted, if anywhere.
+    metrics: Option<crate::metrics::StorageMetrics>,
 }
 
 /// Most changes kept for retry while storage is unreachable; past that the oldest are dropped
@@ -389,6 +397,20 @@ impl Coordinator {
             routes: RouteCache::new(),
             unwritten: std::collections::VecDeque::new(),
             ticks_since_reread: 0,
+            metrics: None,
+        }
+    }
+
+    /// Counts route-cache hits and misses (cache `routes`) and the changes waiting for
+    /// storage into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::StorageMetrics) -> Coordinator {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_unwritten(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_unwritten(self.unwritten.len());
         }
     }
 
@@ -453,6 +475,7 @@ impl Coordinator {
                 }
                 self.unwritten.push_back(change);
                 self.write_changes().await;
+                self.count_unwritten();
             }
             ClusterEvent::ClientOnline(client) => {
                 // Unreachable storage: the session still serves; the next tick cannot renew
@@ -483,7 +506,14 @@ impl Coordinator {
             }
             ClusterEvent::LookupRoute(client) => {
                 let alive = |node: &NodeId| self.up.contains_key(node);
-                let node = match self.routes.lookup(client, wall_now(), alive) {
+                let lookup = self.routes.lookup(client, wall_now(), alive);
+                if let Some(metrics) = &self.metrics {
+                    match lookup {
+                        RouteLookup::Use(_) => metrics.hit("routes"),
+                        RouteLookup::ReRead => metrics.miss("routes"),
+                    }
+                }
+                let node = match lookup {
                     RouteLookup::Use(route) => Some(route.node),
                     // An unreachable store answers "offline": the open is refused, not stuck.
                     RouteLookup::ReRead => match self.store.route(client).await {
@@ -617,6 +647,7 @@ impl Coordinator {
         let me = self.settings.node_id.clone();
         let _ = self.store.heartbeat(&self.settings).await;
         self.write_changes().await;
+        self.count_unwritten();
         self.renew_routes().await;
         self.ticks_since_reread += 1;
         // A safety net beside gap detection: a message lost without a gap to show for it (the

@@ -406,7 +406,11 @@ impl NodeDriver {
         mut listener: Box<dyn Listener>,
         mut commands: mpsc::Receiver<NodeCommand>,
     ) {
-        self.writer = self.store.take().map(StoreWriter::spawn);
+        let metrics = self.metrics.clone();
+        self.writer = self
+            .store
+            .take()
+            .map(|store| StoreWriter::spawn(store, metrics));
         self.flush();
         let mut draining: Option<(tunnox_core::time::Instant, oneshot::Sender<()>)> = None;
         // A shutdown or drain met while running a burst of commands, for the next turn.

@@ -35,6 +35,7 @@ const JWT_SECRET: &[u8] = b"jwt-secret-jwt-secret-jwt-secret";
 
 struct Api {
     router: Router,
+    metrics: Arc<NodeMetrics>,
     node: mpsc::Sender<NodeCommand>,
     node_addr: SocketAddr,
 }
@@ -71,14 +72,13 @@ async fn start(auth: ApiAuth) -> Api {
     let driver = NodeDriver::new(node, clock, None, "127.0.0.1");
     let (node, task) = spawn_node(driver, listener);
     std::mem::forget(task);
-    let state = ApiState::new(
-        Arc::new(NodeMetrics::new()),
-        Arc::new(AtomicBool::new(true)),
-    )
-    .with_node(node.clone())
-    .with_auth(auth);
+    let metrics = Arc::new(NodeMetrics::new());
+    let state = ApiState::new(metrics.clone(), Arc::new(AtomicBool::new(true)))
+        .with_node(node.clone())
+        .with_auth(auth);
     Api {
         router: router(state),
+        metrics,
         node,
         node_addr,
     }
@@ -1013,12 +1013,31 @@ async fn the_document_lists_every_route_and_every_listed_route_is_served() {
             }
         }
     }
+    // Every request was counted by its route template, and unknown paths under one label.
+    let text = api.metrics.encode();
+    assert!(
+        text.contains(
+            r#"tunnox_api_requests_total{method="GET",route="/api/v1/users/{id}",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"tunnox_api_request_seconds_count{method="POST",route="/api/v1/mappings"} 1"#
+        ),
+        "{text}"
+    );
     let (status, answer) = api
         .call(Method::GET, "/api/v1/nothing-here", Some(ADMIN), None)
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (StatusCode::NOT_FOUND, Some("no such route"))
+    );
+    let text = api.metrics.encode();
+    assert!(
+        text.contains(r#"route="unmatched",status="404"} 1"#),
+        "{text}"
     );
 }
 

@@ -749,3 +749,72 @@ async fn nats_unreachable_at_connect_is_an_error() {
         "{result:?}"
     );
 }
+
+/// The value of the metric line starting with `name` (labels included), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn redis_publishes_receipts_and_malformed_messages_reach_the_metrics() {
+    use tunnox_runtime_tokio::metrics::NodeMetrics;
+    let test = "redis_publishes_receipts_and_malformed_messages_reach_the_metrics";
+    let Some(addr) = service(Service::Redis, test).await else {
+        return;
+    };
+    let prefix = unique_prefix();
+    let mut brokers = Vec::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let broker = AnyBroker::connect(
+            config(redis_url(addr), &prefix),
+            origin(name),
+            Rng::seed_from_u64(i as u64 + 1),
+        )
+        .await
+        .unwrap();
+        brokers.push(broker);
+    }
+    let (a_metrics, b_metrics) = (NodeMetrics::new(), NodeMetrics::new());
+    brokers[0].report_to(a_metrics.broker().clone());
+    brokers[1].report_to(b_metrics.broker().clone());
+    let mut sub = brokers[1].subscribe(&[Topic::ConfigUpdate]).await.unwrap();
+    for i in 0..3u8 {
+        brokers[0]
+            .publish(Topic::ConfigUpdate, Bytes::from(vec![i]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(messages(&mut sub, 3).await.len(), 3);
+    // Garbage on the channel, straight through Redis: dropped and counted.
+    let client = redis::Client::open(format!("redis://{addr}")).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{prefix}{}", Topic::ConfigUpdate.name());
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(&channel)
+        .arg(&b"not an envelope"[..])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let errors = "tunnox_broker_errors_total{kind=\"malformed\"}";
+    while metric(&b_metrics.encode(), errors).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "malformed not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let published = "tunnox_broker_published_total{topic=\"config.update\"}";
+    let received = "tunnox_broker_received_total{topic=\"config.update\"}";
+    let a_text = a_metrics.encode();
+    let b_text = b_metrics.encode();
+    assert_eq!(metric(&a_text, published), Some(3.0), "{a_text}");
+    assert_eq!(metric(&b_text, received), Some(3.0), "{b_text}");
+    assert_eq!(metric(&b_text, errors), Some(1.0), "{b_text}");
+    assert_eq!(metric(&a_text, "tunnox_broker_connected"), Some(1.0));
+    assert_eq!(metric(&b_text, published), None, "b published nothing");
+}

@@ -39,6 +39,14 @@ async fn setup() -> Setup {
 
 /// [`setup`], counting into `metrics` if given.
 async fn setup_with(metrics: Option<Arc<tunnox_runtime_tokio::metrics::NodeMetrics>>) -> Setup {
+    setup_with_store(metrics, None).await
+}
+
+/// [`setup_with`], keeping the node's state in `store` if given.
+async fn setup_with_store(
+    metrics: Option<Arc<tunnox_runtime_tokio::metrics::NodeMetrics>>,
+    store: Option<tunnox_runtime_tokio::storage::EmbeddedStore>,
+) -> Setup {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let node_addr = listener.local_addr().unwrap();
     let clock = Clock::new();
@@ -49,7 +57,7 @@ async fn setup_with(metrics: Option<Arc<tunnox_runtime_tokio::metrics::NodeMetri
         ControlState::default(),
         Rng::seed_from_u64(1),
     );
-    let mut driver = NodeDriver::new(node, clock, None, "127.0.0.1");
+    let mut driver = NodeDriver::new(node, clock, store, "127.0.0.1");
     if let Some(metrics) = metrics {
         driver = driver.with_metrics(metrics);
     }
@@ -484,7 +492,12 @@ async fn health_ready_version_and_metrics_that_move_with_real_traffic() {
 
     let (status, body) = http_get(api_addr, "/ready").await;
     assert_eq!(status, 503, "not ready before the node serves: {body}");
-    let s = setup_with(Some(metrics.clone())).await;
+    let dir = std::env::temp_dir().join(format!("tunnox-loopback-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store =
+        tunnox_runtime_tokio::storage::EmbeddedStore::open(&dir.join("tunnox.redb")).unwrap();
+    let s = setup_with_store(Some(metrics.clone()), Some(store)).await;
     ready.store(true, Ordering::Relaxed);
     let (status, body) = http_get(api_addr, "/ready").await;
     assert_eq!(status, 200, "{body}");
@@ -524,4 +537,68 @@ async fn health_ready_version_and_metrics_that_move_with_real_traffic() {
         text.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"
     );
+
+    // Each tunnel is one stream on the target client's session (opened by the node).
+    let opened = metric(&text, "tunnox_streams_opened_total").unwrap();
+    assert!(opened >= 10.0, "streams opened: {opened}\n{text}");
+    // The same bytes, by mapping.
+    let mapping = MappingId::generate(&mut Rng::seed_from_u64(7));
+    let by_mapping = |direction: &str| {
+        metric(
+            &text,
+            &format!(
+                "tunnox_mapping_bytes_total{{mapping=\"{mapping}\",direction=\"{direction}\"}}"
+            ),
+        )
+    };
+    assert_eq!(by_mapping("to_target"), Some(to_target), "{text}");
+    assert_eq!(by_mapping("to_entry"), Some(to_entry), "{text}");
+    // Every session got its configuration when it was established and the target client the
+    // new mapping's: three pushes, each acknowledged and timed.
+    let acks = metric(&text, "tunnox_config_push_ack_seconds_count").unwrap();
+    assert!(acks >= 3.0, "config acks: {acks}\n{text}");
+    let ack_seconds = metric(&text, "tunnox_config_push_ack_seconds_sum").unwrap();
+    assert!(
+        ack_seconds < acks,
+        "each ack within a second on loopback: {ack_seconds}"
+    );
+    // Two clients and a mapping went to the embedded store, one transaction each.
+    let applied = metric(
+        &text,
+        "tunnox_storage_operations_total{backend=\"embedded\",op=\"apply\",result=\"ok\"}",
+    )
+    .unwrap();
+    assert!(applied >= 3.0, "store writes: {applied}\n{text}");
+    assert_eq!(
+        metric(&text, "tunnox_storage_degraded{backend=\"embedded\"}"),
+        Some(0.0)
+    );
+
+    // A deleted mapping's series go at the next sample.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.node
+        .send(NodeCommand::DeleteMapping {
+            id: mapping.clone(),
+            reply,
+        })
+        .await
+        .unwrap();
+    answer.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, text) = http_get(api_addr, "/metrics").await;
+    assert_eq!(by_mapping_in(&text, &mapping), None, "{text}");
+    assert_eq!(
+        metric(&text, "tunnox_tunnel_bytes_total{direction=\"to_target\"}"),
+        Some(to_target),
+        "the totals by direction stay"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The first `tunnox_mapping_bytes_total` line of `mapping`, if any.
+fn by_mapping_in(text: &str, mapping: &MappingId) -> Option<String> {
+    let needle = format!("tunnox_mapping_bytes_total{{mapping=\"{mapping}\"");
+    text.lines()
+        .find(|l| l.starts_with(&needle))
+        .map(str::to_owned)
 }

@@ -1072,3 +1072,83 @@ async fn remote_storage_over_tls_checks_the_server_certificate() {
     assert!(RemoteStorage::connect(missing).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The value of the metric line starting with `name` (labels included), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn cache_hits_misses_degraded_reads_and_store_operations_reach_the_metrics() {
+    use tunnox_runtime_tokio::cluster::ClusterStore;
+    use tunnox_runtime_tokio::metrics::NodeMetrics;
+    let Some(url) = services::redis_url("cache_hits_misses_degraded_reads_reach_the_metrics")
+    else {
+        return;
+    };
+    let metrics = NodeMetrics::new();
+    let prefix = services::unique_key_prefix("metrics");
+    let cache = RedisCache::open(&config(&url, &prefix), WallClock::new()).unwrap();
+    let policy = CachePolicy {
+        entry_ttl: Duration::from_millis(100),
+        stale_grace: Duration::from_secs(30),
+    };
+    let hybrid = HybridStorage::new(Switchable::new(MemoryStorage::new()), cache, policy)
+        .with_metrics(metrics.storage().clone());
+    hybrid.set("k", b("v"), None).await.unwrap();
+    assert_eq!(hybrid.get("k").await.unwrap(), Some(b("v")), "a hit");
+    assert_eq!(hybrid.get("absent").await.unwrap(), None, "a miss");
+    hybrid.source().set_up(false);
+    tokio::time::sleep(Duration::from_millis(200)).await; // past freshness, within the grace
+    assert_eq!(
+        hybrid.get("k").await.unwrap(),
+        Some(b("v")),
+        "a miss, answered degraded"
+    );
+    let text = metrics.encode();
+    let stats = hybrid.stats().cache;
+    assert_eq!((stats.hits, stats.misses, stats.degraded_reads), (1, 2, 1));
+    let cache_metric = |name: &str| metric(&text, &format!("{name}{{cache=\"hybrid\"}}"));
+    assert_eq!(
+        cache_metric("tunnox_storage_cache_hits_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(cache_metric("tunnox_storage_cache_misses_total"), Some(2.0));
+    assert_eq!(
+        cache_metric("tunnox_storage_degraded_reads_total"),
+        Some(1.0)
+    );
+
+    // Cluster records: operations counted by result; an unreachable Redis marks the backend
+    // degraded until an operation succeeds again.
+    let up = ClusterStore::open(&config(&url, &prefix))
+        .unwrap()
+        .with_metrics(metrics.storage().clone());
+    let mut unreachable = config(&format!("redis://{}", services::closed_port()), &prefix);
+    unreachable.deadline = Duration::from_millis(500);
+    let down = ClusterStore::open(&unreachable)
+        .unwrap()
+        .with_metrics(metrics.storage().clone());
+    up.live_members().await.unwrap();
+    down.live_members().await.unwrap_err();
+    let text = metrics.encode();
+    let ops = |result: &str| {
+        metric(
+            &text,
+            &format!(
+                "tunnox_storage_operations_total{{backend=\"cluster\",op=\"hgetall\",result=\"{result}\"}}"
+            ),
+        )
+    };
+    assert_eq!(ops("ok"), Some(1.0), "{text}");
+    assert_eq!(ops("unavailable"), Some(1.0), "{text}");
+    let degraded = "tunnox_storage_degraded{backend=\"cluster\"}";
+    assert_eq!(metric(&text, degraded), Some(1.0));
+    up.live_members().await.unwrap();
+    assert_eq!(metric(&metrics.encode(), degraded), Some(0.0));
+    services::remove_prefix(&url, &prefix).await;
+}

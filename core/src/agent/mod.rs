@@ -124,6 +124,16 @@ pub enum AgentOutput {
         /// Why.
         reason: CloseReason,
     },
+    /// A configuration pushed by the node was applied (listeners follow as `Listen` and
+    /// `StopListening`) and acknowledged to the node.
+    ConfigApplied {
+        /// Its version.
+        version: u64,
+        /// Mappings this client listens for.
+        listening: usize,
+        /// Mappings this client is the target of.
+        targets: usize,
+    },
     /// The node answered a control request made with `Agent::control`.
     ControlResponse(pb::ControlResponse),
     /// A visitor's open was refused by the node or the target side.
@@ -671,6 +681,11 @@ impl Agent {
         if let Phase::Session { session, .. } = &mut self.phase {
             session.ack_config(push.version);
         }
+        self.outputs.push_back(AgentOutput::ConfigApplied {
+            version: push.version,
+            listening: self.listen.len(),
+            targets: self.target.len(),
+        });
     }
 
     fn on_stream_event(&mut self, now: Instant, event: MuxEvent) {

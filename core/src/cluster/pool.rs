@@ -145,6 +145,16 @@ impl BridgePool {
         self.links.get(&link).map(|l| &l.peer)
     }
 
+    /// The limits this pool keeps.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Every peer the pool knows: members, and former members whose links are still closing.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
+        self.peers.keys()
+    }
+
     /// Peers that are members now.
     pub fn members(&self) -> impl Iterator<Item = &NodeId> {
         self.peers

@@ -190,6 +190,28 @@ pub enum Notice {
         /// Detail.
         message: String,
     },
+    /// A client acknowledged a configuration this node pushed to it.
+    ConfigAcked {
+        /// The client.
+        client: ClientId,
+        /// The configuration version it applied.
+        version: u64,
+        /// From the push to the acknowledgement.
+        after: Duration,
+    },
+}
+
+/// The load of the bridge links to one peer node, from [`Node::bridge_usage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLinkUsage {
+    /// The peer node.
+    pub peer: NodeId,
+    /// Links established to it.
+    pub links: u32,
+    /// Streams open over those links.
+    pub streams: u32,
+    /// Streams those links may carry at most.
+    pub streams_max: u32,
 }
 
 /// Why an administrative change was rejected.
@@ -230,7 +252,14 @@ struct Slot {
     addr: Option<core::net::IpAddr>,
     /// The client id a handshake asked to log in as.
     attempted: Option<ClientId>,
+    /// Configuration versions pushed on this session and not yet acknowledged, oldest first,
+    /// with when each was pushed (at most [`PUSHES_UNACKED_MAX`]).
+    pushes_unacked: VecDeque<(u64, Instant)>,
 }
+
+/// Most unacknowledged configuration pushes remembered per session; older ones are forgotten
+/// (their acknowledgement is then not timed).
+const PUSHES_UNACKED_MAX: usize = 64;
 
 /// A node (see the module docs).
 #[derive(Debug)]
@@ -433,6 +462,7 @@ impl Node {
                 dialled,
                 addr: None,
                 attempted: None,
+                pushes_unacked: VecDeque::new(),
             },
         );
         self.after_session_input(now, conn);
@@ -553,6 +583,32 @@ impl Node {
                     streams.saturating_add(link_streams(&self.slots, link)),
                 )
             })
+    }
+
+    /// How loaded the bridge links to each peer the pool knows are.
+    pub fn bridge_usage(&self) -> Vec<PeerLinkUsage> {
+        let streams_per_link_max = self.pool.config().streams_per_link_max;
+        self.pool
+            .peers()
+            .map(|peer| {
+                let (mut links, mut streams) = (0u32, 0u32);
+                for link in self.pool.links_to(peer) {
+                    let carried = self
+                        .slots
+                        .get(&link)
+                        .and_then(|s| s.session.mux_ref())
+                        .map_or(0, |m| u32::try_from(m.stream_count()).unwrap_or(u32::MAX));
+                    links += 1;
+                    streams = streams.saturating_add(carried);
+                }
+                PeerLinkUsage {
+                    peer: peer.clone(),
+                    links,
+                    streams,
+                    streams_max: links.saturating_mul(streams_per_link_max),
+                }
+            })
+            .collect()
     }
 
     fn run_pool_actions(&mut self, now: Instant) {
@@ -987,7 +1043,7 @@ impl Node {
         // Only queue the pushes: handling those sessions' events here would re-enter whatever
         // request caused this change (a second request of the same session could run first).
         for client in affected {
-            self.push_config(client);
+            self.push_config(now, client);
         }
         self.run_tunnel_actions(now);
     }
@@ -1022,14 +1078,51 @@ impl Node {
         }
     }
 
-    fn push_config(&mut self, client: ClientId) {
+    fn push_config(&mut self, now: Instant, client: ClientId) {
         let Some(conn) = self.registry.live_session(client.0) else {
             return;
         };
-        let push = config_for(&self.state, client, self.config_version);
+        let version = self.config_version;
+        let push = config_for(&self.state, client, version);
         if let Some(session) = self.accepted(conn) {
             session.push_config(push);
             self.mark(conn);
+        }
+        if let Some(slot) = self.slots.get_mut(&conn) {
+            let unacked = &mut slot.pushes_unacked;
+            if unacked.len() >= PUSHES_UNACKED_MAX {
+                unacked.pop_front();
+            }
+            unacked.push_back((version, now));
+        }
+    }
+
+    /// `conn`'s client applied configuration `version`: times it from its push (the pushes of
+    /// older versions are settled too: the client applies pushes in order).
+    fn on_config_acked(&mut self, now: Instant, conn: ConnId, version: u64) {
+        let Some(slot) = self.slots.get_mut(&conn) else {
+            return;
+        };
+        let Some(client) = slot.client else {
+            return;
+        };
+        let mut pushed_at = None;
+        while let Some(&(pushed, at)) = slot.pushes_unacked.front() {
+            if pushed > version {
+                break;
+            }
+            slot.pushes_unacked.pop_front();
+            if pushed == version {
+                pushed_at = Some(at);
+            }
+        }
+        if let Some(at) = pushed_at {
+            self.outputs
+                .push_back(NodeOutput::Notice(Notice::ConfigAcked {
+                    client,
+                    version,
+                    after: now.saturating_duration_since(at),
+                }));
         }
     }
 
@@ -1126,9 +1219,9 @@ impl Node {
                 }
                 self.outputs
                     .push_back(NodeOutput::Notice(Notice::ClientOnline { client, conn }));
-                self.push_config(client);
+                self.push_config(now, client);
             }
-            NodeEvent::ConfigAcked { .. } => {}
+            NodeEvent::ConfigAcked { version } => self.on_config_acked(now, conn, version),
             NodeEvent::ControlRequested(request) => self.on_control_request(now, conn, request),
             NodeEvent::Stream(event) => self.on_stream_event(now, conn, event),
             NodeEvent::Closed(reason) => self.on_session_closed(conn, reason),

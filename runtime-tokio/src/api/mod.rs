@@ -170,12 +170,37 @@ pub fn router(state: ApiState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX));
     let router = match state.auth.cors() {
         Some(cors) => router.layer(cors),
         None => router,
     };
     router.with_state(state)
+}
+
+/// Counts each request in the metrics by method, route template (`unmatched` for unknown
+/// paths, so labels stay bounded) and status, with its latency.
+async fn count(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    state.metrics.api_request(
+        method.as_str(),
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// Serves the endpoints on `listener` until the task is dropped.

@@ -122,6 +122,8 @@ pub(crate) struct Hub {
     active: watch::Sender<TopicSet>,
     state: watch::Sender<ConnectionState>,
     stats: StatsCell,
+    /// Where the node's metrics are counted, once attached.
+    metrics: std::sync::OnceLock<crate::metrics::BrokerMetrics>,
 }
 
 impl Hub {
@@ -136,7 +138,15 @@ impl Hub {
             active: watch::Sender::new(TopicSet::EMPTY),
             state: watch::Sender::new(state),
             stats: StatsCell::default(),
+            metrics: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Counts into `metrics` from now on (the first call wins); the connection state is
+    /// reported at once.
+    pub(crate) fn report_to(&self, metrics: crate::metrics::BrokerMetrics) {
+        metrics.set_connected(self.state() == ConnectionState::Connected);
+        let _ = self.metrics.set(metrics);
     }
 
     fn lock(&self) -> MutexGuard<'_, Subscribers> {
@@ -219,11 +229,17 @@ impl Hub {
         if previous == ConnectionState::Closed {
             return;
         }
+        if let Some(metrics) = self.metrics.get() {
+            metrics.set_connected(state == ConnectionState::Connected);
+        }
         if state != ConnectionState::Connected {
             self.active.send_replace(TopicSet::EMPTY);
         }
         if state == ConnectionState::Connected && previous == ConnectionState::Reconnecting {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = self.metrics.get() {
+                metrics.reconnected();
+            }
             let subs = self.lock();
             for sub in subs.by_id.values() {
                 offer(sub, Incoming::Interrupted);
@@ -282,12 +298,18 @@ impl Hub {
             (Some(topic), Ok(envelope)) if envelope.topic == topic => self.deliver(envelope),
             _ => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = self.metrics.get() {
+                    metrics.malformed();
+                }
             }
         }
     }
 
     /// Fans `envelope` out to every subscription of its topic.
     pub(crate) fn deliver(&self, envelope: Envelope) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.receive(envelope.topic);
+        }
         let subs = self.lock();
         for sub in subs.by_id.values() {
             if sub.topics.contains(envelope.topic) {
@@ -296,8 +318,11 @@ impl Hub {
         }
     }
 
-    /// Counts a publish handed to the transport, or one that failed.
-    pub(crate) fn count_publish(&self, ok: bool) {
+    /// Counts a publish on `topic` handed to the transport, or one that failed.
+    pub(crate) fn count_publish(&self, topic: Topic, ok: bool) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.publish(topic, ok);
+        }
         let counter = if ok {
             &self.stats.published
         } else {

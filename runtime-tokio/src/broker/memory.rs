@@ -57,6 +57,13 @@ struct Inner {
     publisher: Mutex<Publisher>,
 }
 
+impl MemoryBroker {
+    /// The bus's hub (shared by every broker on the bus).
+    pub(crate) fn hub(&self) -> &Arc<Hub> {
+        &self.inner.bus.hub
+    }
+}
+
 impl Broker for MemoryBroker {
     async fn publish(&self, topic: Topic, payload: Bytes) -> Result<Envelope, BrokerError> {
         let mut publisher = self.inner.publisher.lock().await;
@@ -67,7 +74,7 @@ impl Broker for MemoryBroker {
 
     async fn publish_envelope(&self, envelope: &Envelope) -> Result<(), BrokerError> {
         let hub = &self.inner.bus.hub;
-        hub.count_publish(true);
+        hub.count_publish(envelope.topic, true);
         hub.deliver(envelope.clone());
         Ok(())
     }

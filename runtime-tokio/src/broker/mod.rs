@@ -303,6 +303,19 @@ impl AnyBroker {
     }
 }
 
+impl AnyBroker {
+    /// Counts what this broker publishes and receives into `metrics` (a memory broker counts
+    /// its whole bus).
+    pub fn report_to(&self, metrics: crate::metrics::BrokerMetrics) {
+        let hub = match self {
+            AnyBroker::Memory(b) => b.hub(),
+            AnyBroker::Redis(b) => b.hub(),
+            AnyBroker::Nats(b) => b.hub(),
+        };
+        hub.report_to(metrics);
+    }
+}
+
 impl Broker for AnyBroker {
     async fn publish(&self, topic: Topic, payload: Bytes) -> Result<Envelope, BrokerError> {
         match self {

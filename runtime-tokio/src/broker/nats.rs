@@ -144,7 +144,7 @@ impl NatsBroker {
             Ok(Err(e)) => Err(BrokerError::Unavailable(e.to_string())),
             Err(_) => Err(BrokerError::Timeout(config.request_timeout)),
         };
-        self.inner.hub.count_publish(result.is_ok());
+        self.inner.hub.count_publish(envelope.topic, result.is_ok());
         result
     }
 }

@@ -125,7 +125,7 @@ impl RedisBroker {
     async fn send(&self, envelope: &Envelope) -> Result<(), BrokerError> {
         let channel = self.inner.config.channel(envelope.topic);
         let result = self.send_bytes(&channel, envelope.encode()).await;
-        self.inner.hub.count_publish(result.is_ok());
+        self.inner.hub.count_publish(envelope.topic, result.is_ok());
         result
     }
 

@@ -81,8 +81,11 @@ impl StoreWriter {
     /// Most changes in one commit.
     const BATCH_MAX: usize = 4096;
 
-    /// Starts writing to `store`.
-    pub fn spawn(store: EmbeddedStore) -> StoreWriter {
+    /// Starts writing to `store`, counting each commit in `metrics` if given.
+    pub fn spawn(
+        store: EmbeddedStore,
+        metrics: Option<std::sync::Arc<crate::metrics::NodeMetrics>>,
+    ) -> StoreWriter {
         let (changes, queue) = std::sync::mpsc::channel::<Vec<StateChange>>();
         let thread = tokio::task::spawn_blocking(move || {
             while let Ok(mut batch) = queue.recv() {
@@ -93,8 +96,12 @@ impl StoreWriter {
                     }
                 }
                 // A failed write is not acknowledged durable; the node keeps serving from
-                // memory.
-                if let Err(e) = store.apply(&batch) {
+                // memory (counted, and the backend shown degraded, in the metrics).
+                let result = store.apply(&batch);
+                if let Some(metrics) = &metrics {
+                    metrics.storage().operation("embedded", "apply", &result);
+                }
+                if let Err(e) = result {
                     eprintln!("the store refused {} changes: {e}", batch.len());
                 }
             }

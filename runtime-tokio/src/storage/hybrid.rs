@@ -43,6 +43,8 @@ pub struct HybridStorage<S> {
     cache: RedisCache,
     rules: Mutex<CacheAside>,
     cache_errors: AtomicU64,
+    /// Where hits, misses and degraded reads are counted (cache `hybrid`), if anywhere.
+    metrics: Option<crate::metrics::StorageMetrics>,
 }
 
 impl<S: Storage> HybridStorage<S> {
@@ -53,7 +55,14 @@ impl<S: Storage> HybridStorage<S> {
             cache,
             rules: Mutex::new(CacheAside::new(policy)),
             cache_errors: AtomicU64::new(0),
+            metrics: None,
         }
+    }
+
+    /// Counts cache hits, misses and degraded reads into `metrics` (cache `hybrid`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::StorageMetrics) -> HybridStorage<S> {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The source of truth.
@@ -104,7 +113,13 @@ impl<S: Storage> HybridStorage<S> {
         });
         let (lookup, ticket) = self.rules().lookup(self.now(), held);
         if let Lookup::Hit(value) = lookup {
+            if let Some(metrics) = &self.metrics {
+                metrics.hit("hybrid");
+            }
             return Ok(value);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.miss("hybrid");
         }
         let (source, down) = match self.source.get_versioned(key).await {
             Ok(read) => (Ok(read), None),
@@ -116,6 +131,9 @@ impl<S: Storage> HybridStorage<S> {
         let (outcome, fill) = self.rules().source_read(self.now(), ticket, source);
         if let Some(entry) = fill {
             self.offer(key, &entry).await;
+        }
+        if let (ReadOutcome::Degraded(_), Some(metrics)) = (&outcome, &self.metrics) {
+            metrics.degraded_read("hybrid");
         }
         match outcome {
             ReadOutcome::Value(value) | ReadOutcome::Degraded(value) => Ok(value),

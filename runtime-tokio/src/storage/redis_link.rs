@@ -36,6 +36,8 @@ pub(crate) struct RedisLink {
     connection: ConnectionManager,
     deadline: Duration,
     backend: &'static str,
+    /// Where operations are counted, if anywhere.
+    metrics: Option<crate::metrics::StorageMetrics>,
 }
 
 impl std::fmt::Debug for RedisLink {
@@ -71,7 +73,13 @@ impl RedisLink {
             connection,
             deadline: config.deadline,
             backend,
+            metrics: None,
         })
+    }
+
+    /// Counts every operation into `metrics` from now on.
+    pub(crate) fn report_to(&mut self, metrics: crate::metrics::StorageMetrics) {
+        self.metrics = Some(metrics);
     }
 
     /// Runs `call` on the connection within the deadline, mapping Redis errors for `key`.
@@ -86,11 +94,15 @@ impl RedisLink {
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let answer = tokio::time::timeout(self.deadline, call(self.connection.clone())).await;
-        match answer {
+        let result = match answer {
             Err(_elapsed) => Err(self.timeout(op)),
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.classify(op, key, e)),
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics.operation(self.backend, op, &result);
         }
+        result
     }
 
     fn timeout(&self, op: &'static str) -> StorageError {

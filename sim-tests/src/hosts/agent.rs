@@ -367,6 +367,7 @@ impl AgentHost {
                 ctx.note(|| format!("open for visitor {local} failed: {error:?} {message}"));
             }
             AgentOutput::ControlResponse(response) => self.on_control_response(response, ctx),
+            AgentOutput::ConfigApplied { .. } => {}
         }
     }
 

@@ -461,7 +461,9 @@ impl NodeHost {
                 ctx.note(|| format!("open refused: {error:?} {message}"));
                 return ctx.count("open_refused");
             }
-            Notice::TunnelClosed { .. } | Notice::Registered { .. } => return,
+            Notice::TunnelClosed { .. }
+            | Notice::Registered { .. }
+            | Notice::ConfigAcked { .. } => return,
         };
         let kind = close_kind(&reason);
         *self.closes.entry(kind).or_insert(0) += 1;
