@@ -756,3 +756,44 @@ mod codes {
         );
     }
 }
+
+#[test]
+fn adopting_a_snapshot_never_deletes_a_client_online_here_but_deleting_one_ends_its_session() {
+    let (mut w, a, b) = two_clients();
+    // A snapshot taken before this node's clients reached storage lacks both of them: the
+    // online clients stay (and stay online), a stale extra user goes.
+    let mut snapshot = w.node.state().clone();
+    snapshot.clients.clear();
+    let user = w
+        .node
+        .create_user(w.now, "stale", Default::default(), false)
+        .unwrap();
+    let taken = w.node.adopt_state(w.now, &snapshot);
+    w.settle();
+    assert_eq!(taken, 1, "only the user's deletion");
+    assert!(!w.node.state().users.contains_key(&user.id));
+    assert!(w.node.state().clients.contains_key(&a));
+    assert_eq!(w.node.online_clients(), 2);
+    assert!(w.stopped.is_empty());
+
+    // Another node deleted client B: its session here ends (kicked) and it cannot come back.
+    w.node
+        .apply_remote_change(w.now, tunnox_core::node::StateChange::DeleteClient(b));
+    w.settle();
+    assert_eq!(w.node.online_clients(), 1);
+    assert!(
+        w.stopped
+            .iter()
+            .any(|(agent, reason)| *agent == 1 && format!("{reason:?}").contains("Kicked")),
+        "{:?}",
+        w.stopped
+    );
+    // Credentials changed elsewhere end the session too.
+    let mut record = w.node.state().clients[&a].clone();
+    record.auth_key = tunnox_core::control::ClientSecret::generate(&mut Rng::seed_from_u64(9))
+        .auth_key();
+    w.node
+        .apply_remote_change(w.now, tunnox_core::node::StateChange::PutClient(record));
+    w.settle();
+    assert_eq!(w.node.online_clients(), 0);
+}

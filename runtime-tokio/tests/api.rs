@@ -127,6 +127,14 @@ impl Api {
         )
     }
 
+    /// A new anonymous client's id.
+    async fn new_client(&self) -> u64 {
+        self.expect(Method::POST, "/api/v1/clients", Some(json!({})), 201)
+            .await["client"]["id"]
+            .as_u64()
+            .unwrap()
+    }
+
     /// A request with the admin key that must answer `expected`; its `data`.
     async fn expect(
         &self,
@@ -377,16 +385,8 @@ async fn users_quotas_and_clients_with_their_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mappings_are_paged_filtered_replaced_and_deleted() {
     let api = start(auth()).await;
-    let a = api
-        .expect(Method::POST, "/api/v1/clients", Some(json!({})), 201)
-        .await["client"]["id"]
-        .as_u64()
-        .unwrap();
-    let b = api
-        .expect(Method::POST, "/api/v1/clients", Some(json!({})), 201)
-        .await["client"]["id"]
-        .as_u64()
-        .unwrap();
+    let a = api.new_client().await;
+    let b = api.new_client().await;
     let ports = [free_port(), free_port(), free_port()];
     let mut ids = Vec::new();
     for (i, port) in ports.iter().enumerate() {
@@ -532,16 +532,8 @@ async fn mappings_are_paged_filtered_replaced_and_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_codes_are_issued_listed_redeemed_and_revoked() {
     let api = start(auth()).await;
-    let target = api
-        .expect(Method::POST, "/api/v1/clients", Some(json!({})), 201)
-        .await["client"]["id"]
-        .as_u64()
-        .unwrap();
-    let listener = api
-        .expect(Method::POST, "/api/v1/clients", Some(json!({})), 201)
-        .await["client"]["id"]
-        .as_u64()
-        .unwrap();
+    let target = api.new_client().await;
+    let listener = api.new_client().await;
     let body = json!({
         "target_client": target,
         "target": {"kind": "fixed", "host": "127.0.0.1", "port": 5432},

@@ -96,6 +96,28 @@ impl Node {
         Ok(())
     }
 
+    /// A copy of client `id`'s record.
+    fn client_record(&self, id: ClientId) -> Result<ClientRecord, AdminError> {
+        self.state
+            .clients
+            .get(&id)
+            .cloned()
+            .ok_or(AdminError::NotFound("client"))
+    }
+
+    /// Whether `owner` exists and its quota has room for one more client.
+    pub(super) fn check_room_for_client(&self, owner: UserId) -> Result<(), AdminError> {
+        let user = self
+            .state
+            .users
+            .get(&owner)
+            .ok_or(AdminError::NotFound("user"))?;
+        let current = self.state.clients_owned_by(owner);
+        user.quota
+            .check_new_client(u32::try_from(current).unwrap_or(u32::MAX))?;
+        Ok(())
+    }
+
     /// Changes a client's label, owner or status. A new owner must exist and have room in its
     /// quota; a client that may no longer log in loses its session here.
     pub fn update_client(
@@ -104,12 +126,7 @@ impl Node {
         id: ClientId,
         update: ClientUpdate,
     ) -> Result<ClientRecord, AdminError> {
-        let mut record = self
-            .state
-            .clients
-            .get(&id)
-            .cloned()
-            .ok_or(AdminError::NotFound("client"))?;
+        let mut record = self.client_record(id)?;
         if let Some(label) = update.label {
             record.label = label;
         }
@@ -117,14 +134,7 @@ impl Node {
             && owner != record.owner
         {
             if let Some(owner) = owner {
-                let user = self
-                    .state
-                    .users
-                    .get(&owner)
-                    .ok_or(AdminError::NotFound("user"))?;
-                let current = self.state.clients_owned_by(owner);
-                user.quota
-                    .check_new_client(u32::try_from(current).unwrap_or(u32::MAX))?;
+                self.check_room_for_client(owner)?;
             }
             record.owner = owner;
             record.kind = match owner {
@@ -172,12 +182,7 @@ impl Node {
         now: Instant,
         id: ClientId,
     ) -> Result<(ClientRecord, ClientSecret), AdminError> {
-        let mut record = self
-            .state
-            .clients
-            .get(&id)
-            .cloned()
-            .ok_or(AdminError::NotFound("client"))?;
+        let mut record = self.client_record(id)?;
         let secret = ClientSecret::generate(&mut self.rng);
         record.auth_key = secret.auth_key();
         self.persist(StateChange::PutClient(record.clone()));

@@ -671,8 +671,16 @@ impl Node {
     /// Catches up with the shared state after missing changes (a broker gap or reconnect): every
     /// difference is applied as [`Node::apply_remote_change`] would, so tunnels of changed
     /// mappings end and affected clients get new config. Returns how many changes it took.
+    ///
+    /// A client with a live session here is never deleted this way: a snapshot read just
+    /// before this node's own write of a newly registered client reached storage would
+    /// otherwise end a good session (a deletion made elsewhere arrives as its own change).
     pub fn adopt_state(&mut self, now: Instant, state: &ControlState) -> usize {
-        let changes = self.state.changes_to(state);
+        let mut changes = self.state.changes_to(state);
+        changes.retain(|change| {
+            !matches!(change, StateChange::DeleteClient(id)
+                if self.registry.live_session(id.0).is_some())
+        });
         let count = changes.len();
         for change in changes {
             self.apply_remote_change(now, change);
@@ -915,14 +923,7 @@ impl Node {
         label: &str,
     ) -> Result<(ClientId, ClientSecret), AdminError> {
         if let Some(owner) = owner {
-            let user = self
-                .state
-                .users
-                .get(&owner)
-                .ok_or(AdminError::NotFound("user"))?;
-            let current = self.state.clients_owned_by(owner);
-            user.quota
-                .check_new_client(u32::try_from(current).unwrap_or(u32::MAX))?;
+            self.check_room_for_client(owner)?;
         }
         let id = self.fresh_client_id();
         let secret = ClientSecret::generate(&mut self.rng);

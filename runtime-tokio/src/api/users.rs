@@ -2,7 +2,8 @@
 
 use axum::extract::{Path, State};
 use axum::response::Response;
-use tunnox_core::control::{Quota, User};
+use tunnox_core::control::{Quota, User, UserId};
+use tunnox_core::node::{AdminError, Node};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -101,8 +102,17 @@ async fn create_user(
     Ok(created(user))
 }
 
+/// 404 unless user `id` exists.
+fn require(node: &Node, id: UserId) -> Result<(), ApiError> {
+    if node.state().users.contains_key(&id) {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("user"))
+    }
+}
+
 /// Finds user `id` in `node`'s state.
-fn find(node: &tunnox_core::node::Node, id: tunnox_core::control::UserId) -> Option<User> {
+fn find(node: &Node, id: UserId) -> Option<User> {
     node.state().users.get(&id).cloned()
 }
 
@@ -139,7 +149,7 @@ async fn update_user(
     let id = user_id(&id)?;
     let user = state
         .run(move |node, now| {
-            let mut user = find(node, id).ok_or(tunnox_core::node::AdminError::NotFound("user"))?;
+            let mut user = find(node, id).ok_or(AdminError::NotFound("user"))?;
             if let Some(name) = patch.name {
                 user.name = name;
             }
@@ -187,9 +197,7 @@ async fn list_user_clients(
     let id = user_id(&id)?;
     let paged = state
         .run(move |node, _| {
-            if find(node, id).is_none() {
-                return Err(ApiError::not_found("user"));
-            }
+            require(node, id)?;
             page.of(owned_by(node, id))?
                 .try_map(|c| Ok(ClientView::of(node, c)))
         })
@@ -212,9 +220,7 @@ async fn list_user_mappings(
     let id = user_id(&id)?;
     let paged = state
         .run(move |node, _| {
-            if find(node, id).is_none() {
-                return Err(ApiError::not_found("user"));
-            }
+            require(node, id)?;
             let owned = node
                 .state()
                 .mappings
@@ -259,7 +265,7 @@ async fn set_quota(
     let id = user_id(&id)?;
     let quota = state
         .run(move |node, now| {
-            let mut user = find(node, id).ok_or(tunnox_core::node::AdminError::NotFound("user"))?;
+            let mut user = find(node, id).ok_or(AdminError::NotFound("user"))?;
             user.quota = quota;
             node.update_user(now, user.clone()).map(|()| user.quota)
         })
