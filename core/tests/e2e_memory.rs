@@ -790,8 +790,8 @@ fn adopting_a_snapshot_never_deletes_a_client_online_here_but_deleting_one_ends_
     );
     // Credentials changed elsewhere end the session too.
     let mut record = w.node.state().clients[&a].clone();
-    record.auth_key = tunnox_core::control::ClientSecret::generate(&mut Rng::seed_from_u64(9))
-        .auth_key();
+    record.auth_key =
+        tunnox_core::control::ClientSecret::generate(&mut Rng::seed_from_u64(9)).auth_key();
     w.node
         .apply_remote_change(w.now, tunnox_core::node::StateChange::PutClient(record));
     w.settle();
