@@ -226,7 +226,7 @@ async fn list_user_mappings(
                 .mappings
                 .values()
                 .filter(|m| m.owner == Some(id));
-            Ok(page.of(owned)?.cloned())
+            Ok::<_, ApiError>(page.of(owned)?.cloned())
         })
         .await??;
     Ok(ok(paged))
