@@ -796,4 +796,18 @@ fn adopting_a_snapshot_never_deletes_a_client_online_here_but_deleting_one_ends_
         .apply_remote_change(w.now, tunnox_core::node::StateChange::PutClient(record));
     w.settle();
     assert_eq!(w.node.online_clients(), 0);
+
+    // A client created long before the snapshot and missing from it was deleted elsewhere (a
+    // deletion lost in a broker gap): it goes, even while online.
+    let (c, secret_c) = w.node.create_client(w.now, None, "old").unwrap();
+    w.add_agent(c, secret_c.auth_key());
+    w.settle();
+    assert_eq!(w.node.online_clients(), 1);
+    let mut snapshot = w.node.state().clone();
+    snapshot.clients.remove(&c);
+    let later = w.now + tunnox_core::node::RECENT_CLIENT + Duration::from_secs(1);
+    assert_eq!(w.node.adopt_state(later, &snapshot), 1);
+    assert!(!w.node.state().clients.contains_key(&c));
+    w.settle();
+    assert_eq!(w.node.online_clients(), 0);
 }

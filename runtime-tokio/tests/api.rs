@@ -1031,6 +1031,17 @@ async fn the_document_lists_every_route_and_every_listed_route_is_served() {
         text.contains(r#"route="unmatched",status="404"} 1"#),
         "{text}"
     );
+    // Made-up methods share one label, so no client can grow the metrics without bound.
+    for method in ["FOO", "BAR1", "BAZ2"] {
+        let made_up = Method::from_bytes(method.as_bytes()).unwrap();
+        api.call(made_up, "/anything", None, None).await;
+    }
+    let text = api.metrics.encode();
+    assert!(
+        text.contains(r#"method="other",route="unmatched",status="404"} 3"#),
+        "{text}"
+    );
+    assert!(!text.contains("FOO"), "{text}");
 }
 
 mod fuzz {

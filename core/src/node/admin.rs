@@ -187,6 +187,7 @@ impl Node {
         record.auth_key = secret.auth_key();
         self.persist(StateChange::PutClient(record.clone()));
         self.disconnect_client(now, id, GoAwayReason::Kicked);
+        self.end_handshakes_of(now, id);
         Ok((record, secret))
     }
 
@@ -271,8 +272,12 @@ impl Node {
         traffic
     }
 
-    /// Counts an ended tunnel's bytes.
+    /// Counts an ended tunnel's bytes (not for a mapping already deleted: its figures went
+    /// with it, so the map stays bounded by the mappings that exist).
     pub(super) fn record_traffic(&mut self, mapping: &MappingId, to_target: u64, to_entry: u64) {
+        if !self.state.mappings.contains_key(mapping) {
+            return;
+        }
         self.traffic
             .entry(mapping.clone())
             .or_default()
@@ -290,10 +295,29 @@ impl Node {
         })
     }
 
-    /// Closes `client`'s session here if it may no longer log in.
+    /// Closes `client`'s session here, and any login of it still in its handshake, if it may no
+    /// longer log in.
     pub(super) fn enforce_client(&mut self, now: Instant, client: ClientId) {
         if !self.may_log_in(client) {
             self.disconnect_client(now, client, GoAwayReason::Kicked);
+            self.end_handshakes_of(now, client);
+        }
+    }
+
+    /// Closes connections still in the handshake that asked to log in as `client`: the node
+    /// looked its key up at their hello, so a changed or removed key must not let them finish.
+    fn end_handshakes_of(&mut self, now: Instant, client: ClientId) {
+        let pending: Vec<super::ConnId> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.attempted == Some(client) && slot.client.is_none())
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in pending {
+            if let Some(slot) = self.slots.get_mut(&conn) {
+                slot.session.kick(GoAwayReason::Kicked);
+            }
+            self.after_session_input(now, conn);
         }
     }
 

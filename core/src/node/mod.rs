@@ -652,6 +652,7 @@ impl Node {
             StateChange::DeleteMapping(id) => {
                 let previous = self.state.mappings.get(id).cloned();
                 self.tunnels.mapping_removed(id);
+                self.traffic.remove(id);
                 self.state.apply(&change);
                 if let Some(previous) = previous {
                     self.after_mapping_change(now, involved_clients(&previous));
@@ -672,14 +673,21 @@ impl Node {
     /// difference is applied as [`Node::apply_remote_change`] would, so tunnels of changed
     /// mappings end and affected clients get new config. Returns how many changes it took.
     ///
-    /// A client with a live session here is never deleted this way: a snapshot read just
-    /// before this node's own write of a newly registered client reached storage would
-    /// otherwise end a good session (a deletion made elsewhere arrives as its own change).
+    /// A client created in the last [`RECENT_CLIENT`] with a live session here is not deleted
+    /// this way: the snapshot may predate this node's own write of it reaching storage, and
+    /// deleting it would end a good session. Older clients missing from the snapshot were
+    /// deleted elsewhere (a deletion lost in a broker gap), and go.
     pub fn adopt_state(&mut self, now: Instant, state: &ControlState) -> usize {
+        let wall = self.wall_now(now);
         let mut changes = self.state.changes_to(state);
-        changes.retain(|change| {
-            !matches!(change, StateChange::DeleteClient(id)
-                if self.registry.live_session(id.0).is_some())
+        changes.retain(|change| match change {
+            StateChange::DeleteClient(id) => {
+                let recent = self.state.clients.get(id).is_some_and(|c| {
+                    u128::from(wall.0.saturating_sub(c.created_at.0)) < RECENT_CLIENT.as_millis()
+                });
+                !(recent && self.registry.live_session(id.0).is_some())
+            }
+            _ => true,
         });
         let count = changes.len();
         for change in changes {
@@ -953,7 +961,8 @@ impl Node {
     pub fn put_mapping(&mut self, now: Instant, mapping: Mapping) -> Result<(), AdminError> {
         mapping.validate()?;
         let previous = self.state.mappings.get(&mapping.id).cloned();
-        if previous.is_none()
+        // A new mapping, or one moving to another owner, needs room in the owner's quota.
+        if previous.as_ref().is_none_or(|p| p.owner != mapping.owner)
             && let Some(owner) = mapping.owner
         {
             let user = self
@@ -996,6 +1005,7 @@ impl Node {
             .cloned()
             .ok_or(AdminError::NotFound("mapping"))?;
         self.tunnels.mapping_removed(id);
+        self.traffic.remove(id);
         self.persist(StateChange::DeleteMapping(id.clone()));
         self.after_mapping_change(now, involved_clients(&mapping));
         Ok(())
@@ -1933,6 +1943,10 @@ impl Node {
         Ok(())
     }
 }
+
+/// How long after its creation a client online here is kept when a snapshot lacks it (see
+/// [`Node::adopt_state`]).
+pub const RECENT_CLIENT: Duration = Duration::from_secs(60);
 
 /// Most opens that may wait for one client's route (more are refused as if it were offline).
 const ROUTE_WAITS_PER_CLIENT_MAX: usize = 1024;

@@ -151,6 +151,7 @@ impl ApiAuth {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         self.jwt = Some(Jwt {
             key: jsonwebtoken::DecodingKey::from_secret(secret),
             validation,
@@ -247,13 +248,13 @@ impl ApiAuth {
     }
 }
 
+/// The token of `Authorization: Bearer <token>` (the scheme name in any case).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 /// The middleware in front of `/api/v1` (see the module docs).
@@ -365,6 +366,11 @@ mod tests {
         assert_eq!(auth.identify(&no_exp), None);
         let no_sub = jwt(secret, &serde_json::json!({"exp": in_an_hour()}));
         assert_eq!(auth.identify(&no_sub), None);
+        let later = jwt(
+            secret,
+            &serde_json::json!({"sub": "ci", "exp": in_an_hour(), "nbf": in_an_hour() - 60}),
+        );
+        assert_eq!(auth.identify(&later), None, "not valid before nbf");
         let bad_role = jwt(
             secret,
             &serde_json::json!({"sub": "x", "exp": in_an_hour(), "role": "root"}),

@@ -113,8 +113,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>
     serde::Deserialize::deserialize(d).map(Some)
 }
 
-/// A client and its secret, shown only in this answer.
-#[derive(Debug, serde::Serialize)]
+/// A client and its secret, shown only in this answer (no `Debug`: it must never be logged).
+#[derive(serde::Serialize)]
 struct WithSecret {
     client: ClientView,
     secret: String,

@@ -179,15 +179,26 @@ pub fn router(state: ApiState) -> Router {
     router.with_state(state)
 }
 
-/// Counts each request in the metrics by method, route template (`unmatched` for unknown
-/// paths, so labels stay bounded) and status, with its latency.
+/// Counts each request in the metrics by method (`other` for non-standard ones), route
+/// template (`unmatched` for unknown paths) and status, with its latency: labels stay bounded
+/// whatever clients send.
 async fn count(
     axum::extract::State(state): axum::extract::State<ApiState>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let started = std::time::Instant::now();
-    let method = request.method().clone();
+    // Any token is a valid HTTP method; only the standard ones get their own label.
+    let method: &'static str = match *request.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -195,7 +206,7 @@ async fn count(
         .to_owned();
     let response = next.run(request).await;
     state.metrics.api_request(
-        method.as_str(),
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
