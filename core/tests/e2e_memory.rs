@@ -811,3 +811,29 @@ fn adopting_a_snapshot_never_deletes_a_client_online_here_but_deleting_one_ends_
     w.settle();
     assert_eq!(w.node.online_clients(), 0);
 }
+
+#[test]
+fn a_login_caught_in_its_handshake_by_a_credential_reset_never_comes_online() {
+    // Reset the credentials after every possible number of steps of a login: whichever moment
+    // it hits (before the hello, between the key lookup and the proof, after), the old secret
+    // never ends with a session.
+    let mut windows_hit = 0;
+    for steps in 0..12 {
+        let (mut w, _, _) = two_clients();
+        let (c, secret) = w.node.create_client(w.now, None, "late").unwrap();
+        w.add_agent(c, secret.auth_key());
+        for _ in 0..steps {
+            w.step();
+        }
+        let online_before = w.node.session_of(c).is_some();
+        let handshaking = !online_before && w.node.connection_count() == 3;
+        windows_hit += usize::from(handshaking);
+        w.node.reset_credentials(w.now, c).unwrap();
+        w.settle();
+        assert!(
+            w.node.session_of(c).is_none(),
+            "after {steps} steps the old secret still logged in"
+        );
+    }
+    assert!(windows_hit > 0, "no reset landed during a handshake");
+}

@@ -504,6 +504,27 @@ async fn mappings_are_paged_filtered_replaced_and_deleted() {
     )
     .await;
 
+    // Moving a mapping to an owner whose quota is full is refused like creating one.
+    let full = api
+        .expect(
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "full", "quota": {"max_mappings": 0}})),
+            201,
+        )
+        .await["id"]
+        .as_u64()
+        .unwrap();
+    let mut owned = mapping_body(moved_to, a, 10);
+    owned["owner"] = json!(full);
+    api.expect(
+        Method::PUT,
+        &format!("/api/v1/mappings/{}", ids[0]),
+        Some(owned),
+        403,
+    )
+    .await;
+
     // Deleting a client takes its mappings with it.
     let gone = api
         .expect(Method::DELETE, &format!("/api/v1/clients/{b}"), None, 200)
