@@ -68,6 +68,13 @@ impl std::fmt::Debug for NodeJob {
 pub enum NodeCommand {
     /// Run a job on the node (see [`NodeJob`]).
     Run(NodeJob),
+    /// Answer once every change made so far is durable in the node's store (`true`; `false`
+    /// if the store refused it). Without a store of its own (memory, or a cluster whose
+    /// coordinator writes Redis), answers `true` at once.
+    Synced {
+        /// The answer.
+        reply: oneshot::Sender<bool>,
+    },
     /// Create a client; answers its id and secret.
     CreateClient {
         /// Owning user, if any.
@@ -539,6 +546,16 @@ impl NodeDriver {
         let now = self.clock.now();
         match command {
             NodeCommand::Run(NodeJob(job)) => job(&mut self.node, now),
+            NodeCommand::Synced { reply } => {
+                // The changes made so far reach the writer first.
+                self.flush();
+                match &self.writer {
+                    Some(writer) => writer.synced(reply),
+                    None => {
+                        let _ = reply.send(true);
+                    }
+                }
+            }
             NodeCommand::CreateClient {
                 owner,
                 label,

@@ -183,7 +183,7 @@ async fn create_client(
     Body(body): Body<NewClient>,
 ) -> Result<Response, ApiError> {
     let answer = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let (id, secret) = node.create_client(now, body.owner.map(UserId), &body.label)?;
             WithSecret::new(node, id, &secret)
         })
@@ -231,7 +231,7 @@ async fn update_client(
         status: patch.status,
     };
     let view = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let record = node.update_client(now, id, update)?;
             Ok::<_, ApiError>(ClientView::of(node, &record))
         })
@@ -252,7 +252,7 @@ async fn delete_client(
 ) -> Result<Response, ApiError> {
     let id = client_id(&id)?;
     let mappings = state
-        .run(move |node, now| node.delete_client(now, id))
+        .change(move |node, now| node.delete_client(now, id))
         .await??;
     Ok(ok(
         serde_json::json!({ "deleted": true, "mappings_deleted": mappings }),
@@ -297,7 +297,7 @@ async fn reset_credentials(
 ) -> Result<Response, ApiError> {
     let id = client_id(&id)?;
     let answer = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let (_, secret) = node.reset_credentials(now, id)?;
             WithSecret::new(node, id, &secret)
         })

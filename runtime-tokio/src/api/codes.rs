@@ -122,7 +122,7 @@ async fn create_code(
         request = request.with_mapping_ttl(Duration::from_secs(secs));
     }
     let issued = state
-        .run(move |node, now| node.issue_code(now, request))
+        .change(move |node, now| node.issue_code(now, request))
         .await??;
     Ok(created(issued))
 }
@@ -161,7 +161,7 @@ async fn revoke_code(
 ) -> Result<Response, ApiError> {
     let code = code(&text)?;
     let revoked = state
-        .run(move |node, now| node.revoke_code(now, &code))
+        .change(move |node, now| node.revoke_code(now, &code))
         .await??;
     Ok(ok(revoked))
 }
@@ -183,7 +183,7 @@ async fn activate_code(
 ) -> Result<Response, ApiError> {
     let code = code(&text)?;
     let mapping = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             node.redeem_code(now, ClientId(body.listen_client), &code, &body.listen_addr)
         })
         .await??;

@@ -159,7 +159,7 @@ async fn create_mapping(
     let mapping = body.into_mapping(id, None);
     let stored = mapping.clone();
     state
-        .run(move |node, now| node.put_mapping(now, stored))
+        .change(move |node, now| node.put_mapping(now, stored))
         .await??;
     Ok(created(mapping))
 }
@@ -181,7 +181,7 @@ async fn replace_mapping(
 ) -> Result<Response, ApiError> {
     let id = mapping_id(&id)?;
     let mapping = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let previous = node
                 .state()
                 .mappings
@@ -209,7 +209,7 @@ async fn delete_mapping(
 ) -> Result<Response, ApiError> {
     let id = mapping_id(&id)?;
     state
-        .run(move |node, now| node.delete_mapping(now, &id))
+        .change(move |node, now| node.delete_mapping(now, &id))
         .await??;
     Ok(ok(serde_json::json!({ "deleted": true })))
 }

@@ -94,6 +94,24 @@ impl ApiState {
         answer.await.map_err(|_| ApiError::stopped())
     }
 
+    /// Runs `job`, a change, on the node's task and answers once what it changed is durable
+    /// in the node's store: a caller never holds an answer (a new secret, say) that a crash
+    /// right after could take back. 503 if the store refused the commit.
+    async fn change<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Node, Instant) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let answer = self.run(job).await?;
+        let written = self.ask(|reply| NodeCommand::Synced { reply }).await?;
+        if !written {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "the change was made but the store refused to write it",
+            ));
+        }
+        Ok(answer)
+    }
+
     /// Runs `job` on the node's task (reads and changes of its state) and returns its answer.
     async fn run<T: Send + 'static>(
         &self,

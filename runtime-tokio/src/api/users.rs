@@ -90,7 +90,7 @@ async fn create_user(
     Body(body): Body<NewUser>,
 ) -> Result<Response, ApiError> {
     let user = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             node.create_user(
                 now,
                 &body.name,
@@ -148,7 +148,7 @@ async fn update_user(
 ) -> Result<Response, ApiError> {
     let id = user_id(&id)?;
     let user = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let mut user = find(node, id).ok_or(AdminError::NotFound("user"))?;
             if let Some(name) = patch.name {
                 user.name = name;
@@ -178,7 +178,7 @@ async fn delete_user(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = user_id(&id)?;
-    state.run(move |node, _| node.delete_user(id)).await??;
+    state.change(move |node, _| node.delete_user(id)).await??;
     Ok(ok(serde_json::json!({ "deleted": true })))
 }
 
@@ -264,7 +264,7 @@ async fn set_quota(
 ) -> Result<Response, ApiError> {
     let id = user_id(&id)?;
     let quota = state
-        .run(move |node, now| {
+        .change(move |node, now| {
             let mut user = find(node, id).ok_or(AdminError::NotFound("user"))?;
             user.quota = quota;
             node.update_user(now, user.clone()).map(|()| user.quota)

@@ -69,12 +69,22 @@ fn decode<T: DeserializeOwned>(
 
 /// Writes changes to an [`EmbeddedStore`] on a thread of its own, so the node's task never
 /// waits for a commit: whatever changes queue up while one commit runs go into the next
-/// (group commit). Changes are written in the order they were sent; [`StoreWriter::finish`]
-/// waits until every one has been written.
+/// (group commit). Changes are written in the order they were sent; [`StoreWriter::synced`]
+/// answers once everything queued before it is committed, and [`StoreWriter::finish`] waits
+/// until every change has been written.
 #[derive(Debug)]
 pub struct StoreWriter {
-    changes: std::sync::mpsc::Sender<Vec<StateChange>>,
+    queue: std::sync::mpsc::Sender<Work>,
     thread: tokio::task::JoinHandle<()>,
+}
+
+/// What the writer thread is sent.
+#[derive(Debug)]
+enum Work {
+    /// Changes to commit.
+    Changes(Vec<StateChange>),
+    /// Answer once everything sent before is committed (or refused).
+    Synced(tokio::sync::oneshot::Sender<bool>),
 }
 
 impl StoreWriter {
@@ -86,39 +96,58 @@ impl StoreWriter {
         store: EmbeddedStore,
         metrics: Option<std::sync::Arc<crate::metrics::NodeMetrics>>,
     ) -> StoreWriter {
-        let (changes, queue) = std::sync::mpsc::channel::<Vec<StateChange>>();
+        let (queue, work) = std::sync::mpsc::channel::<Work>();
         let thread = tokio::task::spawn_blocking(move || {
-            while let Ok(mut batch) = queue.recv() {
-                while batch.len() < StoreWriter::BATCH_MAX {
-                    match queue.try_recv() {
-                        Ok(more) => batch.extend(more),
-                        Err(_) => break,
+            while let Ok(first) = work.recv() {
+                let mut batch = Vec::new();
+                let mut waiting = Vec::new();
+                let mut next = Some(first);
+                while let Some(item) = next.take() {
+                    match item {
+                        Work::Changes(changes) => batch.extend(changes),
+                        Work::Synced(reply) => waiting.push(reply),
+                    }
+                    if batch.len() < StoreWriter::BATCH_MAX {
+                        next = work.try_recv().ok();
                     }
                 }
-                // A failed write is not acknowledged durable; the node keeps serving from
-                // memory (counted, and the backend shown degraded, in the metrics).
-                let result = store.apply(&batch);
-                if let Some(metrics) = &metrics {
-                    metrics.storage().operation("embedded", "apply", &result);
+                let mut written = true;
+                if !batch.is_empty() {
+                    // A failed write is not acknowledged durable; the node keeps serving from
+                    // memory (counted, and the backend shown degraded, in the metrics).
+                    let result = store.apply(&batch);
+                    if let Some(metrics) = &metrics {
+                        metrics.storage().operation("embedded", "apply", &result);
+                    }
+                    if let Err(e) = result {
+                        eprintln!("the store refused {} changes: {e}", batch.len());
+                        written = false;
+                    }
                 }
-                if let Err(e) = result {
-                    eprintln!("the store refused {} changes: {e}", batch.len());
+                for reply in waiting {
+                    let _ = reply.send(written);
                 }
             }
         });
-        StoreWriter { changes, thread }
+        StoreWriter { queue, thread }
     }
 
     /// Queues `changes` for the next commit.
     pub fn write(&self, changes: Vec<StateChange>) {
         // The thread ends only after the sender is dropped, so this cannot fail while `self`
         // lives.
-        let _ = self.changes.send(changes);
+        let _ = self.queue.send(Work::Changes(changes));
+    }
+
+    /// Answers `reply` once every change queued so far is committed: `true`, or `false` if the
+    /// store refused the commit.
+    pub fn synced(&self, reply: tokio::sync::oneshot::Sender<bool>) {
+        let _ = self.queue.send(Work::Synced(reply));
     }
 
     /// Waits until every queued change is written.
     pub async fn finish(self) {
-        drop(self.changes);
+        drop(self.queue);
         let _ = self.thread.await;
     }
 }
@@ -420,5 +449,32 @@ mod tests {
             EmbeddedStore::open(&tmp.0),
             Err(StorageError::Open { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_writer_commits_in_order_and_answers_synced_after_what_came_before() {
+        let file = TempStore::new("writer");
+        let changes = sample_changes();
+        let mut expected = ControlState::default();
+        for change in &changes {
+            expected.apply(change);
+        }
+        let writer = StoreWriter::spawn(EmbeddedStore::open(&file.0).unwrap(), None);
+        for change in &changes {
+            writer.write(vec![change.clone()]);
+        }
+        let (reply, synced) = tokio::sync::oneshot::channel();
+        writer.synced(reply);
+        assert!(
+            synced.await.unwrap(),
+            "every change before it was committed"
+        );
+        // A later deletion lands after the earlier puts, as sent.
+        let deleted = expected.users.keys().next().copied().unwrap();
+        writer.write(vec![StateChange::DeleteUser(deleted)]);
+        expected.users.remove(&deleted);
+        writer.finish().await;
+        let stored = EmbeddedStore::open(&file.0).unwrap().load().unwrap();
+        assert_eq!(stored, expected);
     }
 }
