@@ -308,20 +308,6 @@ fn tls_files_and_trust_flags_that_do_not_fit_are_errors_naming_them() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `GET path` on `addr`: the whole response.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
 #[test]
 fn the_server_serves_health_and_metrics_when_asked() {
     let dir = fresh_dir("tunnox-cli-health");
@@ -340,12 +326,12 @@ fn the_server_serves_health_and_metrics_when_asked() {
     ]);
     server.wait_for("http endpoints");
     server.wait_for("listening on");
-    let health = http_get(&api, "/health");
-    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let (status, health) = http(&api, "GET", "/health", None, None);
+    assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"success\":true"), "{health}");
-    let ready = http_get(&api, "/ready");
-    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let metrics = http_get(&api, "/metrics");
+    let (status, ready) = http(&api, "GET", "/ready", None, None);
+    assert_eq!(status, 200, "{ready}");
+    let (_, metrics) = http(&api, "GET", "/metrics", None, None);
     assert!(
         metrics.contains("# TYPE tunnox_clients_online gauge"),
         "{metrics}"

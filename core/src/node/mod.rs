@@ -573,18 +573,6 @@ impl Node {
         &self.config.session.node_id
     }
 
-    /// Bridge links to `peer` and the streams they carry now.
-    pub fn links_and_streams_to(&self, peer: &NodeId) -> (usize, u32) {
-        self.pool
-            .links_to(peer)
-            .fold((0, 0), |(links, streams), link| {
-                (
-                    links + 1,
-                    streams.saturating_add(link_streams(&self.slots, link)),
-                )
-            })
-    }
-
     /// How loaded the bridge links to each peer the pool knows are.
     pub fn bridge_usage(&self) -> Vec<PeerLinkUsage> {
         let streams_per_link_max = self.pool.config().streams_per_link_max;

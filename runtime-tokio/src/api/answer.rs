@@ -85,11 +85,6 @@ impl ApiError {
             ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too many requests")
         }
     }
-
-    /// The status.
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for ApiError {

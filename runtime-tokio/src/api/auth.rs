@@ -203,11 +203,6 @@ impl ApiAuth {
         self.cors.clone()
     }
 
-    /// Whether anyone at all can use `/api/v1`.
-    pub fn is_open_to_anyone(&self) -> bool {
-        !self.keys.is_empty() || self.jwt.is_some()
-    }
-
     /// Who `token` is, if it is a configured key or a valid JWT.
     pub fn identify(&self, token: &str) -> Option<Identity> {
         let digest = key_digest(token);

@@ -53,7 +53,7 @@ struct NodeView {
     #[serde(rename = "self")]
     is_self: bool,
     /// Bridge links from this node to it (none for itself).
-    bridge_links: usize,
+    bridge_links: u32,
     /// Streams those links carry now.
     bridge_streams: u32,
     /// Clients online (known for the node answering only).
@@ -122,8 +122,12 @@ fn nodes(node: &Node) -> Vec<NodeView> {
         bridge_streams: 0,
         clients_online: Some(node.online_clients()),
     }];
+    let usage = node.bridge_usage();
     for peer in node.pool().members() {
-        let (links, streams) = node.links_and_streams_to(peer);
+        let (links, streams) = usage
+            .iter()
+            .find(|u| &u.peer == peer)
+            .map_or((0, 0), |u| (u.links, u.streams));
         views.push(NodeView {
             id: peer.to_string(),
             is_self: false,
